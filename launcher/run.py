@@ -1,0 +1,40 @@
+"""The one training entry: ``deepspeed launcher/run.py --recipe NAME [dotted.key=value ...]``.
+
+Every rank parses and validates the recipe before any distributed work, so a bad key fails fast with
+one line (printed once, by rank 0) and exit code 2. The loop itself is ``mirage_ds.engine.loop.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mirage_ds.cli.errors import report_user_error, user_error_types  # noqa: E402
+from mirage_ds.config import load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipe", required=True, help="recipe name in recipes/ or a path to a YAML file")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+        from mirage_ds.engine.loop import train
+
+        return int(train(cfg))
+    except user_error_types() as err:
+        report_user_error(err, rank)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``mirage-ds``: data building, recipe inspection, evaluation and run comparison.
+
+Training itself is launched through DeepSpeed: ``deepspeed launcher/run.py --recipe NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+from mirage_ds.cli.errors import report_user_error, user_error_types
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from mirage_ds.config import list_recipes, load_config
+
+    names = args.names or list_recipes()
+    for name in names:
+        cfg = load_config(name, args.overrides)
+        if args.show:
+            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        else:
+            print(f"{name}: ok ({cfg.description})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirage-ds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    recipes = sub.add_parser("recipes", help="validate recipes (all by default) and optionally print them resolved")
+    recipes.add_argument("names", nargs="*")
+    recipes.add_argument("--show", action="store_true", help="print the resolved config")
+    recipes.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    recipes.set_defaults(func=_recipes)
+
+    from mirage_ds.cli.data import add_data_commands
+
+    add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except user_error_types() as err:
+        report_user_error(err, 0)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

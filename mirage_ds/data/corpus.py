@@ -1,0 +1,39 @@
+"""Where each data stream comes from: the recipe's shard directories, or the embedded synthetic corpus."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from mirage_ds.config import ConfigError, TrainConfig
+from mirage_ds.data.synthetic import SyntheticSpec, build_synthetic
+from mirage_ds.model import build_lock, cache_root
+
+# Stream name -> subdirectory of the synthetic corpus that serves it.
+SYNTHETIC_DIRS = {"train": "sft", "forget": "forget", "retain": "retain"}
+
+
+def ensure_synthetic(spec: SyntheticSpec) -> Path:
+    """The cached synthetic corpus for ``spec``, built once; concurrent ranks wait on a file lock."""
+    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_root() / "data" / f"synthetic-{digest}"
+    with build_lock(target):
+        if not (target / "manifest.json").is_file():
+            build_synthetic(spec, target)
+    return target
+
+
+def resolve_streams(cfg: TrainConfig, streams: tuple[str, ...]) -> dict[str, Path]:
+    configured = {"train": cfg.data.train, "forget": cfg.data.forget, "retain": cfg.data.retain}
+    out: dict[str, Path] = {}
+    corpus: Path | None = None
+    for name in streams:
+        if name not in configured:
+            raise ConfigError(f"loss {cfg.loss.name!r} asks for an unknown data stream {name!r}")
+        if configured[name] is not None:
+            out[name] = Path(configured[name])
+        else:
+            corpus = corpus or ensure_synthetic(cfg.data.synthetic)
+            out[name] = corpus / SYNTHETIC_DIRS[name]
+    return out

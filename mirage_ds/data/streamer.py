@@ -1,0 +1,239 @@
+"""Shard streamer: webdataset tar shards -> decoded, templated, padded batches, resumable exactly.
+
+Splitting follows webdataset's ``split_by_node`` then ``split_by_worker`` (``shards[rank::world]``, then
+``[worker::workers]``) over a shard order shuffled per epoch from the seed. Every (rank, worker) stream
+is infinite (epoch after epoch), so the DataLoader's strict round-robin over workers never changes
+shape, and the position of a rank is exactly: per logical worker (epoch, samples consumed), plus which
+logical worker is due next. On resume, physical worker ``p`` plays logical worker ``(p + next) % W`` and
+skips its consumed samples before decoding, which reproduces the uninterrupted batch sequence.
+
+Nothing is extracted to disk: members are read into memory, and member names that are absolute or
+contain ``..`` are treated as corrupt, so archives cannot write outside anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mirage_ds.data.schema import IMAGE_EXT, RECORD_EXT, DataError, Record, SampleError, decode_record
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[Record, bytes, str], dict[str, Any]]
+Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+def list_shards(shard_dir: str | Path) -> list[Path]:
+    path = Path(shard_dir)
+    if not path.is_dir():
+        raise DataError(f"shard directory {path} does not exist")
+    shards = sorted(path.glob("*.tar"))
+    if not shards:
+        raise DataError(f"shard directory {path} holds no .tar shards")
+    return shards
+
+
+def _safe_member(name: str) -> bool:
+    return not (name.startswith("/") or ".." in Path(name).parts)
+
+
+def read_raw_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) per sample, in tar order; raises SampleError naming the shard on corruption.
+
+    Members sharing a key (the part before the first dot of the basename) form one sample, as in
+    webdataset; a group is complete when the key changes.
+    """
+    key: str | None = None
+    group: dict[str, bytes] = {}
+    try:
+        with tarfile.open(shard, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                if not _safe_member(member.name):
+                    raise SampleError(f"{shard}:{member.name}: unsafe member path (absolute or '..')")
+                base = Path(member.name).name
+                if "." not in base:
+                    raise SampleError(f"{shard}:{member.name}: member name has no extension")
+                member_key, ext = base.split(".", 1)
+                handle = archive.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                if member_key != key:
+                    if key is not None:
+                        yield key, group
+                    key, group = member_key, {}
+                group[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise SampleError(f"{shard}: corrupt tar ({err}) after key {key!r}") from None
+    if key is not None:
+        yield key, group
+
+
+@dataclass
+class StreamState:
+    """Resumable position of one rank's stream (saved in every checkpoint)."""
+
+    workers: dict[int, tuple[int, int]] = field(default_factory=dict)  # logical worker -> (epoch, consumed)
+    next_worker: int = 0
+    skipped: int = 0  # corrupt samples skipped under data.on_error=skip, cumulative
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workers": {str(k): list(v) for k, v in self.workers.items()}, "next_worker": self.next_worker, "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamState:
+        return cls({int(k): (int(v[0]), int(v[1])) for k, v in data["workers"].items()}, int(data["next_worker"]), int(data["skipped"]))
+
+
+class ShardStream(IterableDataset):
+    """Infinite, seeded, resumable stream of collated batches for one rank.
+
+    Each yielded batch carries ``_pos`` = (logical worker, epoch, consumed after this batch) and
+    ``_skipped`` (corrupt samples skipped while building it) for the main process's ``StreamState``.
+    """
+
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        *,
+        transform: Transform,
+        collate: Collate,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        shuffle_buffer: int,
+        on_error: str,
+        state: StreamState | None = None,
+    ) -> None:
+        self.shards = list_shards(shard_dir)
+        self.n_streams = world_size * max(num_workers, 1)
+        if len(self.shards) < self.n_streams:
+            raise DataError(
+                f"{shard_dir}: {len(self.shards)} shards cannot be split over {world_size} ranks x "
+                f"{max(num_workers, 1)} workers; rebuild with more shards or lower data.num_workers"
+            )
+        self.transform, self.collate = transform, collate
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        # num_workers=0 decodes in the main process: one logical stream, as with one worker.
+        self.loader_workers = num_workers
+        self.num_workers, self.shuffle_buffer, self.on_error = max(num_workers, 1), shuffle_buffer, on_error
+        self.state = state or StreamState()
+
+    def _shards_for(self, epoch: int, worker: int) -> list[Path]:
+        order = list(self.shards)
+        random.Random(f"{self.seed}:shards:{epoch}").shuffle(order)
+        return order[self.rank :: self.world_size][worker :: self.num_workers]
+
+    def _raw(self, epoch: int, worker: int, skipped: list[int]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+        """Raw samples of one epoch for one logical worker, buffer-shuffled with a seeded RNG."""
+        rng = random.Random(f"{self.seed}:samples:{epoch}:{self.rank}:{worker}")
+        buffer: list[tuple[str, str, dict[str, bytes]]] = []
+        for shard in self._shards_for(epoch, worker):
+            try:
+                for key, group in read_raw_samples(shard):
+                    buffer.append((str(shard), key, group))
+                    if len(buffer) >= self.shuffle_buffer:
+                        yield buffer.pop(rng.randrange(len(buffer)))
+            except SampleError as err:
+                if self.on_error != "skip":
+                    raise
+                skipped[0] += 1
+                log.warning("skipping rest of shard: %s", err)
+        while buffer:
+            yield buffer.pop(rng.randrange(len(buffer)))
+
+    def _decode(self, shard: str, key: str, group: dict[str, bytes]) -> dict[str, Any]:
+        where = f"{shard}:{key}"
+        if RECORD_EXT not in group:
+            raise SampleError(f"{where}: no .{RECORD_EXT} member")
+        if IMAGE_EXT not in group:
+            raise SampleError(f"{where}: no .{IMAGE_EXT} member (missing image)")
+        record = decode_record(group[RECORD_EXT], where)
+        return self.transform(record, group[IMAGE_EXT], where)
+
+    def _worker_stream(self, worker: int) -> Iterator[dict[str, Any]]:
+        epoch, consumed = self.state.workers.get(worker, (0, 0))
+        while True:
+            skipped = [0]
+            samples: list[dict[str, Any]] = []
+            position = 0
+            for shard, key, group in self._raw(epoch, worker, skipped):
+                position += 1
+                if position <= consumed:
+                    continue  # resume: replayed without decoding
+                try:
+                    samples.append(self._decode(shard, key, group))
+                except SampleError as err:
+                    if self.on_error != "skip":
+                        raise
+                    skipped[0] += 1
+                    log.warning("skipping sample: %s", err)
+                if len(samples) == self.batch_size:
+                    yield {**self.collate(samples), "_pos": (worker, epoch, position), "_skipped": skipped[0]}
+                    samples, skipped = [], [0]
+            if samples:
+                yield {**self.collate(samples), "_pos": (worker, epoch, position), "_skipped": skipped[0]}
+            if position == 0:
+                raise DataError(f"rank {self.rank} worker {worker}: epoch {epoch} yielded no samples")
+            epoch, consumed = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        logical = (physical + self.state.next_worker) % self.num_workers
+        return self._worker_stream(logical)
+
+
+class Batches:
+    """Iterator over a ShardStream through a DataLoader, keeping the rank's ``StreamState`` current."""
+
+    def __init__(self, stream: ShardStream) -> None:
+        self.stream = stream
+        self.state = StreamState(dict(stream.state.workers), stream.state.next_worker, stream.state.skipped)
+        self.loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=stream.loader_workers,
+            prefetch_factor=2 if stream.loader_workers > 0 else None,
+        )
+        self._iter = iter(self.loader)
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._iter)
+        worker, epoch, consumed = batch.pop("_pos")
+        skipped = batch.pop("_skipped")
+        self.state.workers[worker] = (epoch, consumed)
+        self.state.next_worker = (worker + 1) % self.stream.num_workers
+        if skipped:
+            self.state.skipped += skipped
+        return batch
+
+
+def collate_padded(pad_id: int) -> Collate:
+    """Right-pad ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0); stack pixels."""
+
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        length = max(len(s["input_ids"]) for s in samples)
+        out: dict[str, Any] = {}
+        for name, fill in (("input_ids", pad_id), ("labels", -100), ("image_mask", False)):
+            out[name] = torch.tensor([s[name] + [fill] * (length - len(s[name])) for s in samples])
+        out["attention_mask"] = torch.tensor([[1] * len(s["input_ids"]) + [0] * (length - len(s["input_ids"])) for s in samples])
+        out["pixel_values"] = torch.stack([s["pixel_values"] for s in samples])
+        out["ids"] = [s["id"] for s in samples]
+        return out
+
+    return collate

@@ -1,0 +1,210 @@
+"""The training loop, top to bottom: build, step, log, checkpoint, export.
+
+Exit codes (``RunStatus``): 0 finished, 3 preempted after a checkpoint (resume with ``resume=auto``),
+4 stopped on a non-finite loss (the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import re
+import signal
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import AutoConfig
+
+from mirage_ds.config import TrainConfig, flatten, save_config
+from mirage_ds.data.corpus import resolve_streams
+from mirage_ds.data.preprocess import Preprocessor
+from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
+from mirage_ds.data.template import Template
+from mirage_ds.engine.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from mirage_ds.engine.distributed import all_ranks_agree, init_distributed, teardown_distributed, zero3_construction
+from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.optim import build_optimizer, build_scheduler
+from mirage_ds.engine.reference import build_reference
+from mirage_ds.losses.base import LossContext, to_device
+from mirage_ds.losses.registry import build_loss
+from mirage_ds.model import DTYPES, build_model, resolve_model_path
+from mirage_ds.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+
+
+class RunStatus(enum.IntEnum):
+    FINISHED = 0
+    PREEMPTED = 3
+    NONFINITE = 4
+
+
+class StopSignal:
+    """SIGUSR1 (Slurm's ``--signal``) or SIGTERM: finish the step, checkpoint, exit PREEMPTED."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.raised = True
+
+
+def restrict_trainable(model: torch.nn.Module, pattern: str) -> None:
+    """Only parameters whose name matches ``pattern`` train (e.g. RMU's layers l-2..l down_proj)."""
+    regex = re.compile(pattern)
+    matched = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(bool(regex.search(name)))
+        matched += param.requires_grad
+    if matched == 0:
+        raise ValueError(f"trainable pattern {pattern!r} matches no parameter")
+
+
+def train(cfg: TrainConfig) -> RunStatus:
+    stop = StopSignal()
+    rank, world = init_distributed()
+    try:
+        return _train(cfg, rank, world, stop)
+    finally:
+        teardown_distributed()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStatus:
+    out_dir = Path(cfg.output_dir)
+    ckpt_root = out_dir / "checkpoints"
+    torch.manual_seed(cfg.seed)
+    loss_fn = build_loss(cfg.loss, cfg.model)
+    needs = loss_fn.needs
+
+    # -- build: data, model, engine, reference ------------------------------------------------------
+    stream_dirs = resolve_streams(cfg, needs.streams)
+    hidden = AutoConfig.from_pretrained(resolve_model_path(cfg.model), local_files_only=True).text_config.hidden_size
+    ds_config = build_ds_config(cfg, world, hidden)
+    with zero3_construction(ds_config):
+        bundle = build_model(cfg.model)
+    if needs.trainable:
+        restrict_trainable(bundle.model, needs.trainable)
+    optimizer = build_optimizer(bundle.model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    engine, _, _, _ = deepspeed.initialize(model=bundle.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    reference = build_reference(cfg, engine, ds_config, needs) if needs.reference else None
+    dtype = DTYPES[cfg.model.dtype]
+
+    # -- resume ------------------------------------------------------------------------------------
+    start_step, states = 0, {name: StreamState() for name in stream_dirs}
+    latest = latest_checkpoint(ckpt_root) if cfg.resume == "auto" else None
+    if latest is not None:
+        rank_state = load_checkpoint(engine, latest)
+        start_step = rank_state["step"]
+        states = {name: StreamState.from_dict(s) for name, s in rank_state["streams"].items()}
+
+    template = Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length)
+    pre = Preprocessor(template, bundle.image_processor, cfg.data.pad_to_square, torch.float32)
+    streams = {
+        name: Batches(
+            ShardStream(
+                path,
+                transform=pre.train_example,
+                collate=collate_padded(bundle.tokenizer.pad_token_id),
+                batch_size=cfg.micro_batch_size,
+                seed=cfg.seed + i,
+                rank=rank,
+                world_size=world,
+                num_workers=cfg.data.num_workers,
+                shuffle_buffer=cfg.data.shuffle_buffer,
+                on_error=cfg.data.on_error,
+                state=states[name],
+            )
+        )
+        for i, (name, path) in enumerate(stream_dirs.items())
+    }
+
+    tracker = build_tracker(cfg, rank)
+    if rank == 0:
+        save_config(cfg, out_dir / "config.yaml")
+        tracker.log_params(flatten(cfg))
+        for name, tensor in loss_fn.state().items():
+            from safetensors.torch import save_file
+
+            save_file({name: tensor.contiguous()}, str(out_dir / f"{name}.safetensors"))
+        if latest is not None:
+            log.warning("resumed from %s at step %d", latest, start_step)
+
+    def rank_state(step: int) -> dict:
+        return {"step": step, "streams": {n: b.state.to_dict() for n, b in streams.items()}}
+
+    # -- the loop ----------------------------------------------------------------------------------
+    status = RunStatus.FINISHED
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
+    ctx = LossContext(reference=reference)
+    step = start_step
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        terms: dict[str, float] = {}
+        samples = tokens = 0
+        for _ in range(cfg.grad_accum):
+            batches = {name: to_device(next(it), engine.device, dtype) for name, it in streams.items()}
+            ctx.step = step
+            result = loss_fn(engine, batches, ctx)
+            engine.backward(result.loss)
+            engine.step()
+            for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
+                terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
+            samples += sum(len(b["ids"]) for b in batches.values())
+            tokens += result.tokens
+        step += 1
+        # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.
+        reduced = _all_reduce_sum([*terms.values(), samples, tokens, float(stop.raised), float(not math.isfinite(terms["loss"]))])
+        n_terms = len(terms)
+        means = {k: v / world for k, v in zip(terms, reduced[:n_terms])}
+        samples_all, tokens_all, stop_any, nonfinite_any = reduced[n_terms:]
+        elapsed = time.perf_counter() - t0
+        metrics = {
+            **{f"train/{k}": v for k, v in means.items()},
+            "train/lr": engine.get_lr()[0],
+            "perf/samples_per_s": samples_all / elapsed,
+            "perf/tokens_per_s": tokens_all / elapsed,
+            "data/skipped": float(sum(b.state.skipped for b in streams.values())),
+        }
+        if nonfinite_any:
+            log.error("non-finite loss at step %d (%s); stopping, last good checkpoint kept", step, means)
+            status = RunStatus.NONFINITE
+            break
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            tracker.log_metrics(metrics, step)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
+            if rank == 0:
+                bar.write(
+                    f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} lr {metrics['train/lr']:.3e} "
+                    f"samples/s {metrics['perf/samples_per_s']:.1f} tokens/s {metrics['perf/tokens_per_s']:.0f}"
+                    + (f" skipped {int(metrics['data/skipped'])}" if metrics["data/skipped"] else "")
+                )
+        bar.update(1)
+        if stop_any:
+            save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+            status = RunStatus.PREEMPTED
+            break
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
+            save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+    bar.close()
+
+    if status == RunStatus.FINISHED:
+        save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+        export_model(engine, bundle, out_dir / "export", is_lora=cfg.model.lora is not None)
+    tracker.close("FINISHED" if status == RunStatus.FINISHED else "KILLED")
+    return status
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if torch.cuda.is_available():
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return tensor.tolist()

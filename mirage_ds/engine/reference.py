@@ -1,0 +1,111 @@
+"""The frozen reference model (NPO's pi_ref, RMU's frozen activations) and the hooked, truncated forward.
+
+Two distributed special cases live here, one function each:
+- LoRA: the reference is the policy with its adapters disabled. No second copy: the base weights are
+  frozen, so "adapters off" is exactly the starting model.
+- Full fine-tuning under ZeRO-3: a second model loaded separately and wrapped in an inference-only
+  DeepSpeed engine. A ``deepcopy`` of a partitioned ZeRO-3 model would copy parameters of numel 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import deepspeed
+import torch
+
+from mirage_ds.config import TrainConfig
+from mirage_ds.engine.distributed import zero3_construction
+from mirage_ds.losses.base import Batch, Needs, model_inputs
+from mirage_ds.model import language_layers, load_model, resolve_model_path
+
+
+@contextmanager
+def hooked_layer(model: torch.nn.Module, layer: int, truncate: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the output hidden state of language-model layer ``layer`` into the yielded dict ("hidden").
+
+    The captured tensor equals ``output_hidden_states[layer + 1]`` (index 0 is the embeddings). With
+    ``truncate`` the decoder runs only layers 0..layer for this forward: RMU reads nothing above it, so the
+    rest of the stack is skipped (the final norm still runs on the truncated output; callers pass
+    ``logits_to_keep=1`` so the LM head costs one position). Both changes are undone in ``finally``.
+    """
+    layers = language_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"hooked layer {layer} outside the language model's {len(layers)} layers")
+    owner = _layers_owner(model, layers)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+
+    handle = layers[layer].register_forward_hook(hook)
+    if truncate:
+        owner.layers = torch.nn.ModuleList(list(layers)[: layer + 1])
+    try:
+        yield captured
+    finally:
+        handle.remove()
+        owner.layers = layers
+
+
+def _layers_owner(model: torch.nn.Module, layers: torch.nn.ModuleList) -> torch.nn.Module:
+    for module in model.modules():
+        if getattr(module, "layers", None) is layers:
+            return module
+    raise ValueError("could not find the module that owns the decoder layers")
+
+
+def _adapters_off_reference(engine: Any, needs: Needs, truncate: bool) -> Callable[[Batch], dict[str, torch.Tensor]]:
+    peft_model = engine.module
+
+    @torch.no_grad()
+    def reference(batch: Batch) -> dict[str, torch.Tensor]:
+        with peft_model.disable_adapter():
+            return _forward(engine, batch, needs.hooked_layer, truncate)
+
+    return reference
+
+
+def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], needs: Needs, truncate: bool) -> Callable[[Batch], dict[str, torch.Tensor]]:
+    ref_config = copy.deepcopy(ds_config)
+    ref_config.pop("optimizer", None)
+    ref_config.pop("scheduler", None)
+    zero = ref_config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) != 3:
+        # ZeRO-1/2 shard only optimizer state and gradients, which an inference model has none of.
+        ref_config["zero_optimization"] = {"stage": 0}
+    with zero3_construction(ref_config):
+        model = load_model(resolve_model_path(cfg.model), cfg.model)
+    model.config.use_cache = False
+    model.eval().requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ref_config)
+    engine.eval()
+
+    @torch.no_grad()
+    def reference(batch: Batch) -> dict[str, torch.Tensor]:
+        return _forward(engine, batch, needs.hooked_layer, truncate)
+
+    return reference
+
+
+def _forward(model: Any, batch: Batch, layer: int | None, truncate: bool) -> dict[str, torch.Tensor]:
+    if layer is None:
+        return {"logits": model(**model_inputs(batch)).logits}
+    with hooked_layer(model.module if hasattr(model, "module") else model, layer, truncate) as captured:
+        model(**model_inputs(batch), logits_to_keep=1)
+    return {"hidden": captured["hidden"]}
+
+
+def build_reference(cfg: TrainConfig, engine: Any, ds_config: dict[str, Any], needs: Needs) -> Callable[[Batch], dict[str, torch.Tensor]]:
+    truncate = getattr(cfg.loss, "truncate", False)
+    if cfg.model.lora is not None:
+        return _adapters_off_reference(engine, needs, truncate)
+    return _separate_engine_reference(cfg, ds_config, needs, truncate)
+
+
+def policy_forward(engine: Any, batch: Batch, layer: int | None, truncate: bool) -> dict[str, torch.Tensor]:
+    """The trainable model's forward with the same hook/truncation the reference uses."""
+    return _forward(engine, batch, layer, truncate)

@@ -1,0 +1,83 @@
+"""What every loss is: a config class, a declaration of needs, and a call on (model, batches, context).
+
+The training loop reads ``needs`` once to decide which data streams to open and which extra models or
+hooks to build; it never branches on the loss's name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from mirage_ds.config import LossConfig
+
+Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """``streams``: data streams consumed per step, e.g. ("train",) or ("forget", "retain").
+    ``reference``: a frozen copy of the starting model (NPO's pi_ref, RMU's frozen activations).
+    ``hooked_layer``: language-model layer whose output the loss reads (RMU).
+    ``trainable``: regex over parameter names restricting what trains (RMU's layers l-2..l)."""
+
+    streams: tuple[str, ...] = ("train",)
+    reference: bool = False
+    hooked_layer: int | None = None
+    trainable: str | None = None
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)  # logged separately (forget, retain, ce, ...)
+    tokens: int = 0  # supervised tokens this step (for tokens/s)
+
+
+@dataclass
+class LossContext:
+    """What the loop built for the loss from its ``Needs``.
+
+    ``reference(batch)`` runs the frozen reference on a batch under no_grad and returns its model output
+    (``logits`` and, when a layer is hooked, ``hidden``).
+    """
+
+    reference: Callable[[Batch], dict[str, torch.Tensor]] | None = None
+    step: int = 0
+
+
+class Loss(ABC):
+    Config: ClassVar[type[LossConfig]]
+
+    def __init__(self, cfg: LossConfig, model_config: Any) -> None:
+        self.cfg = cfg
+
+    @property
+    def needs(self) -> Needs:
+        return Needs()
+
+    @abstractmethod
+    def __call__(self, model: torch.nn.Module, batches: dict[str, Batch], ctx: LossContext) -> LossOutput: ...
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors to save with the run (RMU's control vector); empty by default."""
+        return {}
+
+
+def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+
+def to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    out: Batch = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if key == "pixel_values":
+                value = value.to(dtype)
+        out[key] = value
+    return out

@@ -1,0 +1,26 @@
+"""Supervised fine-tuning: token-mean cross-entropy over assistant tokens (LLaVA's convention)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mirage_ds.config import LossConfig
+from mirage_ds.losses import functional as F
+from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, model_inputs
+
+
+class SFTConfig(LossConfig):
+    name: Literal["sft"] = "sft"
+
+
+class SFTLoss(Loss):
+    Config = SFTConfig
+
+    def __call__(self, model: torch.nn.Module, batches: dict[str, Batch], ctx: LossContext) -> LossOutput:
+        batch = batches["train"]
+        logits = model(**model_inputs(batch)).logits
+        loss = F.sft(logits, batch["labels"])
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        return LossOutput(loss=loss, terms={"ce": float(loss.detach())}, tokens=tokens)

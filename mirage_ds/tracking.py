@@ -1,0 +1,94 @@
+"""The tracker seam: the training loop talks to a ``Tracker``; rank 0 gets a real one, other ranks a null one.
+
+``metrics.jsonl`` in ``output_dir`` is always written (it is the local record that survives a tracking
+server outage); other trackers (MLflow) are added beside it by ``build_tracker``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mirage_ds.config import TrainConfig
+
+
+class Tracker(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Non-zero ranks: every call is a no-op, so the loop never branches on rank to log."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class JsonlTracker:
+    """Appends one JSON object per logged step to ``output_dir/metrics.jsonl`` (flushed each line)."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass  # the resolved config is saved as config.yaml by the launcher
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._file.close()
+
+
+class MultiTracker:
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for t in self.trackers:
+            t.log_metrics(metrics, step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        for t in self.trackers:
+            t.log_artifact(path, artifact_path)
+
+    def close(self, status: str = "FINISHED") -> None:
+        for t in self.trackers:
+            t.close(status)
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_tracker(cfg: TrainConfig, rank: int) -> Tracker:
+    """Rank 0: metrics.jsonl (always). Other ranks: nothing, so logging never needs a rank check."""
+    if rank != 0:
+        return NullTracker()
+    return MultiTracker([JsonlTracker(Path(cfg.output_dir))])
