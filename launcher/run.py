@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # DeepSpeed calls torch.distributed collectives that torch marks deprecated, once per bucket per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
     rank = int(os.environ.get("RANK", "0"))
     try:
         cfg = load_config(args.recipe, args.overrides)

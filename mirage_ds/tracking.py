@@ -92,3 +92,14 @@ def build_tracker(cfg: TrainConfig, rank: int) -> Tracker:
     if rank != 0:
         return NullTracker()
     return MultiTracker([JsonlTracker(Path(cfg.output_dir))])
+
+
+def truncate_metrics(output_dir: Path, last_step: int) -> None:
+    """On resume, drop rows logged after the checkpoint: those steps are about to be trained again."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)

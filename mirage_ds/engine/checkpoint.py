@@ -109,7 +109,7 @@ def export_model(engine: Any, bundle: Any, export_dir: Path, is_lora: bool) -> N
         # The adapter needs its base: record where it is and, for the embedded tiny model, ship a copy.
         base = Path(bundle.path)
         info = {"base_model": str(base.resolve())}
-        if base.stat().st_size < 2**30 and sum(f.stat().st_size for f in base.rglob("*") if f.is_file()) < 2**28:
+        if sum(f.stat().st_size for f in base.rglob("*") if f.is_file()) < 2**28:
             shutil.copytree(base, tmp / "base")
             info["base_copy"] = "base"
         (tmp / "base_model.json").write_text(json.dumps(info, indent=2))

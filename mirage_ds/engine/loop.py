@@ -20,20 +20,20 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from mirage_ds.config import TrainConfig, flatten, save_config
+from mirage_ds.config import ConfigError, TrainConfig, flatten, save_config
 from mirage_ds.data.corpus import resolve_streams
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
 from mirage_ds.data.template import Template
 from mirage_ds.engine.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
-from mirage_ds.engine.distributed import all_ranks_agree, init_distributed, teardown_distributed, zero3_construction
+from mirage_ds.engine.distributed import init_distributed, teardown_distributed, zero3_construction
 from mirage_ds.engine.ds_config import build_ds_config
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
 from mirage_ds.engine.reference import build_reference
 from mirage_ds.losses.base import LossContext, to_device
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.model import DTYPES, build_model, resolve_model_path
-from mirage_ds.tracking import build_tracker
+from mirage_ds.tracking import build_tracker, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
 
     # -- resume ------------------------------------------------------------------------------------
     start_step, states = 0, {name: StreamState() for name in stream_dirs}
-    latest = latest_checkpoint(ckpt_root) if cfg.resume == "auto" else None
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None and cfg.resume == "never":
+        raise ConfigError(f"output_dir={cfg.output_dir!r} already holds checkpoints; pass resume=auto or a new output_dir")
     if latest is not None:
         rank_state = load_checkpoint(engine, latest)
         start_step = rank_state["step"]
@@ -126,6 +128,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
         for i, (name, path) in enumerate(stream_dirs.items())
     }
 
+    if rank == 0:
+        truncate_metrics(out_dir, start_step)
     tracker = build_tracker(cfg, rank)
     if rank == 0:
         save_config(cfg, out_dir / "config.yaml")
@@ -147,6 +151,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     step = start_step
     while step < cfg.max_steps:
         t0 = time.perf_counter()
+        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
         terms: dict[str, float] = {}
         samples = tokens = 0
         for _ in range(cfg.grad_accum):
@@ -158,7 +163,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
             for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
                 terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
             samples += sum(len(b["ids"]) for b in batches.values())
-            tokens += result.tokens
+            tokens += sum(int(b["attention_mask"].sum()) for b in batches.values())
         step += 1
         # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.
         reduced = _all_reduce_sum([*terms.values(), samples, tokens, float(stop.raised), float(not math.isfinite(terms["loss"]))])
@@ -168,7 +173,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
         elapsed = time.perf_counter() - t0
         metrics = {
             **{f"train/{k}": v for k, v in means.items()},
-            "train/lr": engine.get_lr()[0],
+            "train/lr": lr,
             "perf/samples_per_s": samples_all / elapsed,
             "perf/tokens_per_s": tokens_all / elapsed,
             "data/skipped": float(sum(b.state.skipped for b in streams.values())),

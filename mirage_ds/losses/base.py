@@ -35,7 +35,6 @@ class Needs:
 class LossOutput:
     loss: torch.Tensor
     terms: dict[str, float] = field(default_factory=dict)  # logged separately (forget, retain, ce, ...)
-    tokens: int = 0  # supervised tokens this step (for tokens/s)
 
 
 @dataclass

@@ -22,5 +22,4 @@ class SFTLoss(Loss):
         batch = batches["train"]
         logits = model(**model_inputs(batch)).logits
         loss = F.sft(logits, batch["labels"])
-        tokens = int((batch["labels"][:, 1:] != -100).sum())
-        return LossOutput(loss=loss, terms={"ce": float(loss.detach())}, tokens=tokens)
+        return LossOutput(loss=loss, terms={"ce": float(loss.detach())})
