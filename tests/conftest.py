@@ -1,0 +1,40 @@
+"""Shared fixtures. Every test uses real parts: the tiny LLaVA checkpoint, real tar shards, real ranks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VLGUARD = REPO.parent / "shared" / "data" / "vlguard"
+
+# One cache per test session unless the caller pins one (CI pins it to reuse the tiny model and corpus).
+os.environ.setdefault("MIRAGE_CACHE", str(REPO / ".cache-test"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    from mirage_ds.config import TinyModelSpec
+    from mirage_ds.model import ensure_embedded_model
+
+    return ensure_embedded_model(TinyModelSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_path: Path):
+    from mirage_ds.config import ModelConfig
+    from mirage_ds.model import build_model
+
+    return build_model(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus() -> Path:
+    from mirage_ds.data.corpus import ensure_synthetic
+    from mirage_ds.data.synthetic import SyntheticSpec
+
+    return ensure_synthetic(SyntheticSpec())

@@ -1,0 +1,156 @@
+"""The shard streamer: rank/worker split, exactly-once epochs, exact resume, corrupt-sample handling."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mirage_ds.data.preprocess import Preprocessor
+from mirage_ds.data.schema import DataError, SampleError
+from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
+from mirage_ds.data.template import Template
+
+from shards_util import make_shards
+
+
+@pytest.fixture(scope="module")
+def pre(tiny_bundle) -> Preprocessor:
+    return Preprocessor(Template(tiny_bundle.tokenizer, tiny_bundle.n_image_tokens, 256), tiny_bundle.image_processor, True)
+
+
+def _stream(path: Path, pre: Preprocessor, *, rank: int = 0, world: int = 1, workers: int = 2, batch: int = 3,
+            state: StreamState | None = None, on_error: str = "raise") -> Batches:
+    return Batches(ShardStream(
+        path, transform=pre.train_example, collate=collate_padded(pre.template.tokenizer.pad_token_id),
+        batch_size=batch, seed=11, rank=rank, world_size=world, num_workers=workers, shuffle_buffer=8,
+        on_error=on_error, state=state,
+    ))
+
+
+def _first_epoch_ids(batches: Batches) -> list[str]:
+    """Ids this rank sees in epoch 0 (a logical worker that reaches epoch 1 contributes no more)."""
+    ids: list[str] = []
+    done: set[int] = set()
+    n_workers = batches.stream.num_workers
+    while len(done) < n_workers:
+        batch = next(batches)
+        worker = (batches.state.next_worker - 1) % n_workers
+        epoch, _ = batches.state.workers[worker]
+        if epoch == 0:
+            ids += batch["ids"]
+        else:
+            done.add(worker)
+    return ids
+
+
+def test_two_ranks_two_workers_see_every_sample_exactly_once(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=53, shards=8)
+    seen = [_first_epoch_ids(_stream(path, pre, rank=r, world=2, workers=2)) for r in (0, 1)]
+    everything = seen[0] + seen[1]
+    assert sorted(everything) == sorted(f"s-{i:04d}" for i in range(53))
+    assert len(everything) == len(set(everything)) == 53
+    assert seen[0] and seen[1]
+
+
+def test_epochs_reshuffle_but_stay_complete(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=24, shards=4)
+    stream = _stream(path, pre, workers=0, batch=4)
+    epoch0 = [i for _ in range(6) for i in next(stream)["ids"]]
+    epoch1 = [i for _ in range(6) for i in next(stream)["ids"]]
+    assert sorted(epoch0) == sorted(epoch1) and epoch0 != epoch1
+
+
+def test_resume_from_state_continues_the_same_sequence(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=40, shards=8)
+    reference = _stream(path, pre, workers=2)
+    full = [next(reference)["ids"] for _ in range(15)]
+    first = _stream(path, pre, workers=2)
+    for _ in range(5):
+        next(first)
+    saved = StreamState.from_dict(first.state.to_dict())
+    resumed = _stream(path, pre, workers=2, state=saved)
+    assert [next(resumed)["ids"] for _ in range(10)] == full[5:]
+
+
+def test_batches_are_padded_and_masked(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=8, shards=2)
+    batch = next(_stream(path, pre, workers=0, batch=4))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    pad = batch["attention_mask"] == 0
+    assert (batch["labels"][pad] == -100).all()
+
+
+def test_too_few_shards_for_ranks_x_workers(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=6, shards=2)
+    with pytest.raises(DataError, match=r"2 shards cannot be split over 2 ranks x 2 workers"):
+        _stream(path, pre, world=2, workers=2)
+
+
+def test_missing_shard_directory(tmp_path: Path, pre: Preprocessor) -> None:
+    with pytest.raises(DataError, match=r"shard directory .*nope does not exist"):
+        _stream(tmp_path / "nope", pre)
+
+
+def _rewrite_member(shard: Path, key: str, ext: str, data: bytes | None) -> None:
+    """Rewrite one member of a shard (None drops it), keeping every other member."""
+    members = []
+    with tarfile.open(shard) as tar:
+        for m in tar.getmembers():
+            members.append((m.name, tar.extractfile(m).read()))
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in members:
+            if name == f"{key}.{ext}":
+                if data is None:
+                    continue
+                payload = data
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def test_corrupt_member_raises_naming_shard_and_key(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=8, shards=1)
+    shard = next(path.glob("*.tar"))
+    _rewrite_member(shard, "s-0003", "json", b"{not json")
+    with pytest.raises(SampleError, match=r"shard-000000\.tar:s-0003: field"):
+        stream = _stream(path, pre, workers=0, batch=2)
+        for _ in range(4):
+            next(stream)
+
+
+def test_skip_policy_counts_corrupt_samples(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=8, shards=1)
+    shard = next(path.glob("*.tar"))
+    _rewrite_member(shard, "s-0003", "json", b"{not json")
+    _rewrite_member(shard, "s-0005", "png", None)
+    stream = _stream(path, pre, workers=0, batch=6, on_error="skip")
+    ids = next(stream)["ids"]  # six good samples need all eight read
+    assert stream.state.skipped == 2
+    assert "s-0003" not in ids and "s-0005" not in ids and len(ids) == 6
+
+
+def test_truncated_tar_is_reported(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=8, shards=1)
+    shard = next(path.glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[:3000])
+    with pytest.raises(SampleError, match=r"shard-000000\.tar: corrupt tar"):
+        stream = _stream(path, pre, workers=0, batch=2)
+        for _ in range(4):
+            next(stream)
+
+
+def test_member_path_traversal_is_rejected(tmp_path: Path, pre: Preprocessor) -> None:
+    path = make_shards(tmp_path / "d", n=4, shards=1)
+    shard = next(path.glob("*.tar"))
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("../evil.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(SampleError, match=r"unsafe member path"):
+        stream = _stream(path, pre, workers=0, batch=2)
+        for _ in range(3):
+            next(stream)
