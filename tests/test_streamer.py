@@ -22,10 +22,10 @@ def pre(tiny_bundle) -> Preprocessor:
 
 
 def _stream(path: Path, pre: Preprocessor, *, rank: int = 0, world: int = 1, workers: int = 2, batch: int = 3,
-            state: StreamState | None = None, on_error: str = "raise") -> Batches:
+            state: StreamState | None = None, on_error: str = "raise", buffer: int = 8) -> Batches:
     return Batches(ShardStream(
         path, transform=pre.train_example, collate=collate_padded(pre.template.tokenizer.pad_token_id),
-        batch_size=batch, seed=11, rank=rank, world_size=world, num_workers=workers, shuffle_buffer=8,
+        batch_size=batch, seed=11, rank=rank, world_size=world, num_workers=workers, shuffle_buffer=buffer,
         on_error=on_error, state=state,
     ))
 
@@ -127,8 +127,9 @@ def test_skip_policy_counts_corrupt_samples(tmp_path: Path, pre: Preprocessor) -
     shard = next(path.glob("*.tar"))
     _rewrite_member(shard, "s-0003", "json", b"{not json")
     _rewrite_member(shard, "s-0005", "png", None)
-    stream = _stream(path, pre, workers=0, batch=2, on_error="skip")
-    ids = _first_epoch_ids(stream)
+    # No shuffling: the order is s-0000..s-0007, so three batches of two read exactly the whole shard.
+    stream = _stream(path, pre, workers=0, batch=2, on_error="skip", buffer=1)
+    ids = [i for _ in range(3) for i in next(stream)["ids"]]
     assert stream.state.skipped == 2
     assert "s-0003" not in ids and "s-0005" not in ids and len(ids) == 6
 

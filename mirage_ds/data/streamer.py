@@ -164,8 +164,8 @@ class ShardStream(IterableDataset):
 
     def _worker_stream(self, worker: int) -> Iterator[dict[str, Any]]:
         epoch, consumed = self.state.workers.get(worker, (0, 0))
+        skipped = [0]  # reported with the next batch, even across an epoch boundary
         while True:
-            skipped = [0]
             samples: list[dict[str, Any]] = []
             position = 0
             for shard, key, group in self._raw(epoch, worker, skipped):
@@ -181,9 +181,10 @@ class ShardStream(IterableDataset):
                     log.warning("skipping sample: %s", err)
                 if len(samples) == self.batch_size:
                     yield {**self.collate(samples), "_pos": (worker, epoch, position), "_skipped": skipped[0]}
-                    samples, skipped = [], [0]
+                    samples, skipped[0] = [], 0
             if samples:
                 yield {**self.collate(samples), "_pos": (worker, epoch, position), "_skipped": skipped[0]}
+                skipped[0] = 0
             if position == 0:
                 raise DataError(f"rank {self.rank} worker {worker}: epoch {epoch} yielded no samples")
             epoch, consumed = epoch + 1, 0
