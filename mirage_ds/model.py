@@ -17,13 +17,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -93,7 +93,8 @@ def build_tiny_llava(spec: TinyModelSpec, out_dir: Path) -> None:
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessor(
+    # The PIL processor: the default one wants torchvision, which this CPU stack does not ship.
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": spec.image_size},
         crop_size={"height": spec.image_size, "width": spec.image_size},
     )
@@ -127,7 +128,7 @@ def ensure_embedded_model(spec: TinyModelSpec) -> Path:
 class ModelBundle:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
-    image_processor: CLIPImageProcessor
+    image_processor: Any
     path: Path
     n_image_tokens: int
 

@@ -149,56 +149,58 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
     ctx = LossContext(reference=reference)
     step = start_step
-    while step < cfg.max_steps:
-        t0 = time.perf_counter()
-        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
-        terms: dict[str, float] = {}
-        samples = tokens = 0
-        for _ in range(cfg.grad_accum):
-            batches = {name: to_device(next(it), engine.device, dtype) for name, it in streams.items()}
-            ctx.step = step
-            result = loss_fn(engine, batches, ctx)
-            engine.backward(result.loss)
-            engine.step()
-            for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
-                terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
-            samples += sum(len(b["ids"]) for b in batches.values())
-            tokens += sum(int(b["attention_mask"].sum()) for b in batches.values())
-        step += 1
-        # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.
-        reduced = _all_reduce_sum([*terms.values(), samples, tokens, float(stop.raised), float(not math.isfinite(terms["loss"]))])
-        n_terms = len(terms)
-        means = {k: v / world for k, v in zip(terms, reduced[:n_terms])}
-        samples_all, tokens_all, stop_any, nonfinite_any = reduced[n_terms:]
-        elapsed = time.perf_counter() - t0
-        metrics = {
-            **{f"train/{k}": v for k, v in means.items()},
-            "train/lr": lr,
-            "perf/samples_per_s": samples_all / elapsed,
-            "perf/tokens_per_s": tokens_all / elapsed,
-            "data/skipped": float(sum(b.state.skipped for b in streams.values())),
-        }
-        if nonfinite_any:
-            log.error("non-finite loss at step %d (%s); stopping, last good checkpoint kept", step, means)
-            status = RunStatus.NONFINITE
-            break
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            tracker.log_metrics(metrics, step)
-            bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
-            if rank == 0:
-                bar.write(
-                    f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} lr {metrics['train/lr']:.3e} "
-                    f"samples/s {metrics['perf/samples_per_s']:.1f} tokens/s {metrics['perf/tokens_per_s']:.0f}"
-                    + (f" skipped {int(metrics['data/skipped'])}" if metrics["data/skipped"] else "")
-                )
-        bar.update(1)
-        if stop_any:
-            save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
-            status = RunStatus.PREEMPTED
-            break
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
-            save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
-    bar.close()
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
+            terms: dict[str, float] = {}
+            samples = tokens = 0
+            for _ in range(cfg.grad_accum):
+                batches = {name: to_device(next(it), engine.device, dtype) for name, it in streams.items()}
+                ctx.step = step
+                result = loss_fn(engine, batches, ctx)
+                engine.backward(result.loss)
+                engine.step()
+                for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
+                    terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
+                samples += sum(len(b["ids"]) for b in batches.values())
+                tokens += sum(int(b["attention_mask"].sum()) for b in batches.values())
+            step += 1
+            # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.
+            reduced = _all_reduce_sum([*terms.values(), samples, tokens, float(stop.raised), float(not math.isfinite(terms["loss"]))])
+            n_terms = len(terms)
+            means = {k: v / world for k, v in zip(terms, reduced[:n_terms])}
+            samples_all, tokens_all, stop_any, nonfinite_any = reduced[n_terms:]
+            elapsed = time.perf_counter() - t0
+            metrics = {
+                **{f"train/{k}": v for k, v in means.items()},
+                "train/lr": lr,
+                "perf/samples_per_s": samples_all / elapsed,
+                "perf/tokens_per_s": tokens_all / elapsed,
+                "data/skipped": float(sum(b.state.skipped for b in streams.values())),
+            }
+            if nonfinite_any:
+                log.error("non-finite loss at step %d (%s); stopping, last good checkpoint kept", step, means)
+                status = RunStatus.NONFINITE
+                break
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                tracker.log_metrics(metrics, step)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
+                if rank == 0:
+                    bar.write(
+                        f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} lr {metrics['train/lr']:.3e} "
+                        f"samples/s {metrics['perf/samples_per_s']:.1f} tokens/s {metrics['perf/tokens_per_s']:.0f}"
+                        + (f" skipped {int(metrics['data/skipped'])}" if metrics["data/skipped"] else "")
+                    )
+            bar.update(1)
+            if stop_any:
+                save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+                status = RunStatus.PREEMPTED
+                break
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
+                save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+    finally:
+        bar.close()
 
     if status == RunStatus.FINISHED:
         save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)

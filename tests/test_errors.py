@@ -1,0 +1,91 @@
+"""Bad input: one line naming what and where, exit code 2, no traceback; skip policy counts, never hides."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from shards_util import make_shards
+from test_streamer import _rewrite_member
+
+
+def run_single(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "launcher/run.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_recipe() -> None:
+    _assert_one_line_error(run_single("--recipe", "nope"), "unknown recipe 'nope'", "sft_lora")
+
+
+def test_unknown_key() -> None:
+    _assert_one_line_error(run_single("--recipe", "sft_lora", "optim.lrr=1"), "unknown key 'optim.lrr'", "allowed here")
+
+
+def test_wrong_type() -> None:
+    _assert_one_line_error(run_single("--recipe", "sft_lora", "max_steps=many"), "'max_steps'", "integer")
+
+
+def test_missing_shard_directory(tmp_path: Path) -> None:
+    _assert_one_line_error(
+        run_single("--recipe", "sft_lora", f"data.train={tmp_path}/absent", f"output_dir={tmp_path}/out"),
+        f"{tmp_path}/absent does not exist",
+    )
+
+
+@pytest.fixture()
+def bad_shards(tmp_path: Path) -> Path:
+    return make_shards(tmp_path / "shards", n=12, shards=1)
+
+
+def _train(shards: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_single("--recipe", "sft_lora", f"data.train={shards}", f"output_dir={out}", "max_steps=3",
+                      "micro_batch_size=2", "data.shuffle_buffer=1", *extra)
+
+
+def test_corrupt_tar_member(bad_shards: Path, tmp_path: Path) -> None:
+    shard = next(bad_shards.glob("*.tar"))
+    _rewrite_member(shard, "s-0002", "json", b"\x00\x01garbage")
+    _assert_one_line_error(_train(bad_shards, tmp_path / "out"), "shard-000000.tar:s-0002")
+    assert not (tmp_path / "out" / "export").exists()
+
+
+def test_json_missing_required_field(bad_shards: Path, tmp_path: Path) -> None:
+    shard = next(bad_shards.glob("*.tar"))
+    _rewrite_member(shard, "s-0001", "json", json.dumps({"id": "s-0001", "role": "sft", "source": "synthetic"}).encode())
+    _assert_one_line_error(_train(bad_shards, tmp_path / "out"), "shard-000000.tar:s-0001", "'turns'", "Field required")
+
+
+def test_missing_image(bad_shards: Path, tmp_path: Path) -> None:
+    shard = next(bad_shards.glob("*.tar"))
+    _rewrite_member(shard, "s-0003", "png", None)
+    _assert_one_line_error(_train(bad_shards, tmp_path / "out"), "shard-000000.tar:s-0003", "missing image")
+
+
+def test_skip_policy_trains_and_counts(bad_shards: Path, tmp_path: Path) -> None:
+    shard = next(bad_shards.glob("*.tar"))
+    _rewrite_member(shard, "s-0001", "json", b"{broken")
+    _rewrite_member(shard, "s-0003", "png", None)
+    proc = _train(bad_shards, tmp_path / "out", "data.on_error=skip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["data/skipped"] == 2
+    assert "skipping sample" in proc.stderr and "s-0001" in proc.stderr and "s-0003" in proc.stderr
