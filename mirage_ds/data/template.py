@@ -55,8 +55,21 @@ class Template:
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError("the tokenizer has no '<image>' token")
 
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # The Rust tokenizer directly: the Python wrapper's per-call overhead is most of the template's cost.
+        self._encode = (lambda text: backend.encode(text, add_special_tokens=False).ids) if backend is not None else (
+            lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+        self._constant: dict[str, list[int]] = {}
+
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._encode(text)
+
+    def _constant_ids(self, text: str) -> list[int]:
+        """Segments that never change (system prompt, role tags) are tokenised once."""
+        if text not in self._constant:
+            self._constant[text] = self._encode(text)
+        return self._constant[text]
 
     def encode(self, turns: Sequence[Turn], where: str = "<sample>", add_generation_prompt: bool = False) -> Encoded:
         """Token ids and labels for a conversation; with ``add_generation_prompt`` the last turn is a user turn."""
@@ -65,7 +78,7 @@ class Template:
             if turn.role == "user":
                 head = f"{SYSTEM_PROMPT} USER: " if i == 0 else "USER: "
                 body = f"\n{turn.text} ASSISTANT:" if i == 0 else f"{turn.text} ASSISTANT:"
-                segments.append((self._ids(head), False, False))
+                segments.append((self._constant_ids(head), False, False))
                 if i == 0:
                     segments.append(([self.image_token_id] * self.n_image_tokens, False, True))
                 segments.append((self._ids(body), False, False))
