@@ -68,6 +68,9 @@ class DataConfig(Section):
     """Shard directories (see mirage_ds/data/schema.py). Unset = built from the embedded synthetic corpus."""
 
     train: str | None = None
+    # With no ``train`` dir, which part of the synthetic corpus the train stream reads: "sft" (safe answers
+    # mixed with refusals: Mixed-/Posthoc-SFT) or "retain" (safe data only: Unsafe-Filter).
+    synthetic_train: Literal["sft", "retain"] = "sft"
     forget: str | None = None
     retain: str | None = None
     synthetic: SyntheticSpec = SyntheticSpec()

@@ -10,8 +10,6 @@ from mirage_ds.config import ConfigError, TrainConfig
 from mirage_ds.data.synthetic import SyntheticSpec, build_synthetic
 from mirage_ds.model import build_lock, cache_root
 
-# Stream name -> subdirectory of the synthetic corpus that serves it.
-SYNTHETIC_DIRS = {"train": "sft", "forget": "forget", "retain": "retain"}
 
 
 def ensure_synthetic(spec: SyntheticSpec) -> Path:
@@ -35,5 +33,5 @@ def resolve_streams(cfg: TrainConfig, streams: tuple[str, ...]) -> dict[str, Pat
             out[name] = Path(configured[name])
         else:
             corpus = corpus or ensure_synthetic(cfg.data.synthetic)
-            out[name] = corpus / SYNTHETIC_DIRS[name]
+            out[name] = corpus / (cfg.data.synthetic_train if name == "train" else name)
     return out

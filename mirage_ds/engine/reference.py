@@ -10,8 +10,7 @@ Two distributed special cases live here, one function each:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import deepspeed
@@ -20,42 +19,8 @@ import torch
 from mirage_ds.config import TrainConfig
 from mirage_ds.engine.distributed import zero3_construction
 from mirage_ds.losses.base import Batch, Needs, model_inputs
-from mirage_ds.model import language_layers, load_model, resolve_model_path
-
-
-@contextmanager
-def hooked_layer(model: torch.nn.Module, layer: int, truncate: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture the output hidden state of language-model layer ``layer`` into the yielded dict ("hidden").
-
-    The captured tensor equals ``output_hidden_states[layer + 1]`` (index 0 is the embeddings). With
-    ``truncate`` the decoder runs only layers 0..layer for this forward: RMU reads nothing above it, so the
-    rest of the stack is skipped (the final norm still runs on the truncated output; callers pass
-    ``logits_to_keep=1`` so the LM head costs one position). Both changes are undone in ``finally``.
-    """
-    layers = language_layers(model)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"hooked layer {layer} outside the language model's {len(layers)} layers")
-    owner = _layers_owner(model, layers)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-
-    handle = layers[layer].register_forward_hook(hook)
-    if truncate:
-        owner.layers = torch.nn.ModuleList(list(layers)[: layer + 1])
-    try:
-        yield captured
-    finally:
-        handle.remove()
-        owner.layers = layers
-
-
-def _layers_owner(model: torch.nn.Module, layers: torch.nn.ModuleList) -> torch.nn.Module:
-    for module in model.modules():
-        if getattr(module, "layers", None) is layers:
-            return module
-    raise ValueError("could not find the module that owns the decoder layers")
+from mirage_ds.hooks import hooked_layer
+from mirage_ds.model import load_model, resolve_model_path
 
 
 def _adapters_off_reference(engine: Any, needs: Needs, truncate: bool) -> Callable[[Batch], dict[str, torch.Tensor]]:
@@ -104,8 +69,3 @@ def build_reference(cfg: TrainConfig, engine: Any, ds_config: dict[str, Any], ne
     if cfg.model.lora is not None:
         return _adapters_off_reference(engine, needs, truncate)
     return _separate_engine_reference(cfg, ds_config, needs, truncate)
-
-
-def policy_forward(engine: Any, batch: Batch, layer: int | None, truncate: bool) -> dict[str, torch.Tensor]:
-    """The trainable model's forward with the same hook/truncation the reference uses."""
-    return _forward(engine, batch, layer, truncate)

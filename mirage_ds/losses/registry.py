@@ -6,10 +6,14 @@ from typing import Any
 
 from mirage_ds.config import LossConfig
 from mirage_ds.losses.base import Loss
+from mirage_ds.losses.npo import NPOLoss
+from mirage_ds.losses.rmu import RMULoss
 from mirage_ds.losses.sft import SFTLoss
 
 REGISTRY: dict[str, type[Loss]] = {
     "sft": SFTLoss,
+    "npo": NPOLoss,
+    "rmu": RMULoss,
 }
 
 

@@ -1,0 +1,46 @@
+"""Forward hooks on the language model's decoder layers (RMU's activation read-out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from mirage_ds.model import language_layers
+
+
+@contextmanager
+def hooked_layer(model: torch.nn.Module, layer: int, truncate: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the output hidden state of language-model layer ``layer`` into the yielded dict ("hidden").
+
+    The captured tensor equals ``output_hidden_states[layer + 1]`` (index 0 is the embeddings). With
+    ``truncate`` the decoder runs only layers 0..layer for this forward: RMU reads nothing above it, so the
+    rest of the stack is skipped (the final norm still runs on the truncated output; callers pass
+    ``logits_to_keep=1`` so the LM head costs one position). Both changes are undone in ``finally``.
+    """
+    layers = language_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"hooked layer {layer} outside the language model's {len(layers)} layers")
+    owner = _layers_owner(model, layers)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+
+    handle = layers[layer].register_forward_hook(hook)
+    if truncate:
+        owner.layers = torch.nn.ModuleList(list(layers)[: layer + 1])
+    try:
+        yield captured
+    finally:
+        handle.remove()
+        owner.layers = layers
+
+
+def _layers_owner(model: torch.nn.Module, layers: torch.nn.ModuleList) -> torch.nn.Module:
+    for module in model.modules():
+        if getattr(module, "layers", None) is layers:
+            return module
+    raise ValueError("could not find the module that owns the decoder layers")
