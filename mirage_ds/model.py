@@ -118,6 +118,7 @@ def ensure_embedded_model(spec: TinyModelSpec) -> Path:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
             try:
                 build_tiny_llava(spec, tmp)
+                shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover (no config.json)
                 tmp.rename(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

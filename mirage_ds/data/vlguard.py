@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mirage_ds.data.converters import ShardOptions, first_word, load_json_list, make_record, record_image, require
-from mirage_ds.data.schema import Record, Role, Subset
+from mirage_ds.data.schema import DataError, Record, Role, Subset
 from mirage_ds.data.writer import Manifest, write_shards
 
 # subset -> (position in instr-resp, instruction field, whether the query is safe)
@@ -26,7 +26,9 @@ SAFE_IMAGE_PAIRS: tuple[tuple[Subset, int, str, bool], ...] = (
 )
 
 
-def vlguard_samples(json_path: Path, images_dir: Path | None = None, role: Role = "sft", placeholder_size: int = 32) -> Iterator[tuple[Record, bytes]]:
+def vlguard_samples(
+    json_path: Path, images_dir: Path | None = None, role: Role = "sft", placeholder_size: int = 32
+) -> Iterator[tuple[Record, bytes]]:
     """Samples in file order; each image is read (or generated) once for all its instructions."""
     json_path = Path(json_path)
     for index, entry in enumerate(load_json_list(json_path)):
@@ -38,7 +40,8 @@ def vlguard_samples(json_path: Path, images_dir: Path | None = None, role: Role 
         pairs = require(entry, "instr-resp", where, list)
         layout = SAFE_IMAGE_PAIRS if safe_image else UNSAFE_IMAGE_PAIRS
         if len(pairs) < len(layout):
-            raise DataError(f"{where}: field 'instr-resp' has {len(pairs)} entries, a {'safe' if safe_image else 'unsafe'} image needs {len(layout)}")
+            kind = "safe" if safe_image else "unsafe"
+            raise DataError(f"{where}: field 'instr-resp' has {len(pairs)} entries, a {kind} image needs {len(layout)}")
         image, placeholder = record_image(images_dir, image_path, where, placeholder_size)
         for subset, position, field, safe_query in layout:
             pair_where = f"{where}: instr-resp[{position}]"

@@ -153,14 +153,16 @@ def write_shards(
             for record, image in itertools.chain(head, stream):
                 key = sample_key(record.id)
                 if key in ids_by_key:
-                    raise DataError(f"{out_dir}: duplicate sample key {key!r} for id {record.id!r} (first used by id {ids_by_key[key]!r})")
+                    first = ids_by_key[key]
+                    raise DataError(f"{out_dir}: duplicate sample key {key!r} for id {record.id!r} (first used by id {first!r})")
                 ids_by_key[key] = record.id
                 _check_image(record, image)
                 if writer is None or shard_counts[-1] == target:
                     if writer is not None:
                         writer.close()
                     target = next(sizes)
-                    writer = wds.TarWriter(str(tmp / _shard_name(name, len(shard_counts))), encoder=False, mtime=0.0, user="mirage", group="mirage")
+                    shard_path = str(tmp / _shard_name(name, len(shard_counts)))
+                    writer = wds.TarWriter(shard_path, encoder=False, mtime=0.0, user="mirage", group="mirage")
                     shard_counts.append(0)
                 writer.write({"__key__": key, IMAGE_EXT: bytes(image), RECORD_EXT: encode_record(record)})
                 shard_counts[-1] += 1

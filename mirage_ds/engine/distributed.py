@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from collections.abc import Callable
+from typing import Any, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def init_distributed() -> tuple[int, int]:
@@ -26,17 +29,34 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(clean: bool) -> None:
     """Barrier, then destroy the process group.
 
-    Without this, gloo ranks that exit while a peer is still tearing down its pairs sometimes abort
-    with SIGABRT ("terminate called without an active exception").
+    Without the barrier, gloo ranks that exit while a peer is still tearing down its pairs sometimes
+    abort with SIGABRT ("terminate called without an active exception"). After an error the barrier is
+    skipped: the failed peer may never arrive, and waiting would hang for the gloo timeout.
     """
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if clean:
+                dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def local_rank_zero_first(build: Callable[[], T]) -> T:
+    """Run ``build`` on each node's local rank 0 first, then on the other ranks (which find it cached).
+
+    Cached artefacts (the embedded model, the synthetic corpus) are built once per node instead of by
+    every rank racing on the same directory; the file lock inside each builder still guards separate jobs.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank == 0:
+        result = build()
+    dist.barrier()
+    if local_rank != 0:
+        result = build()
+    return result
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
 from mirage_ds.data.template import Template
 from mirage_ds.engine.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
-from mirage_ds.engine.distributed import init_distributed, teardown_distributed, zero3_construction
+from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
 from mirage_ds.engine.ds_config import build_ds_config
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
 from mirage_ds.engine.reference import build_reference
@@ -70,10 +70,13 @@ def restrict_trainable(model: torch.nn.Module, pattern: str) -> None:
 def train(cfg: TrainConfig) -> RunStatus:
     stop = StopSignal()
     rank, world = init_distributed()
+    clean = False
     try:
-        return _train(cfg, rank, world, stop)
+        status = _train(cfg, rank, world, stop)
+        clean = True
+        return status
     finally:
-        teardown_distributed()
+        teardown_distributed(clean)
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStatus:
@@ -84,8 +87,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     needs = loss_fn.needs
 
     # -- build: data, model, engine, reference ------------------------------------------------------
-    stream_dirs = resolve_streams(cfg, needs.streams)
-    hidden = AutoConfig.from_pretrained(resolve_model_path(cfg.model), local_files_only=True).text_config.hidden_size
+    model_path, stream_dirs = local_rank_zero_first(lambda: (resolve_model_path(cfg.model), resolve_streams(cfg, needs.streams)))
+    hidden = AutoConfig.from_pretrained(model_path, local_files_only=True).text_config.hidden_size
     ds_config = build_ds_config(cfg, world, hidden)
     with zero3_construction(ds_config):
         bundle = build_model(cfg.model)

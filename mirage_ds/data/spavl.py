@@ -1,0 +1,119 @@
+"""SPA-VL-style preference rows (``image, question, chosen, rejected``) -> shards, two samples per row.
+
+``chosen`` (the safe answer) becomes a ``retain`` sample (or ``sft``, by option) and ``rejected`` (the
+harmful answer) a ``forget`` sample: the pairing an unlearning method needs. Rows are read with
+``datasets`` from parquet or JSON / JSON lines. The image column may hold a path relative to
+``images_dir``, raw bytes, a ``datasets.Image`` value (``{bytes, path}``) or a PIL image. SPA-VL's
+``class1`` / ``class2`` columns, when present, become ``category`` / ``subcategory``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+
+from mirage_ds.data.converters import ShardOptions, first_word, make_record, record_image
+from mirage_ds.data.images import encode_png, load_image_bytes, png_from_bytes
+from mirage_ds.data.schema import DataError, Record, Role
+from mirage_ds.data.writer import Manifest, write_shards
+
+COLUMNS = ("image", "question", "chosen", "rejected")
+FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+
+
+def read_rows(path: Path) -> Any:
+    """The rows as an in-memory ``datasets.Dataset`` with images left undecoded ({bytes, path} dicts)."""
+    import datasets  # imported here: it takes ~1 s and only this converter needs it
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found")
+    if path.suffix not in FORMATS:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected one of {sorted(FORMATS)})")
+    # A private cache dir: datasets would otherwise leave Arrow copies in ~/.cache/huggingface.
+    with tempfile.TemporaryDirectory(prefix="mirage-spavl-") as cache:
+        try:
+            reader = datasets.Dataset.from_parquet if FORMATS[path.suffix] == "parquet" else datasets.Dataset.from_json
+            rows = reader(str(path), cache_dir=cache, keep_in_memory=True)
+        except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
+            raise DataError(f"{path}: cannot read rows ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    missing = [c for c in COLUMNS if c not in rows.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (columns: {rows.column_names})")
+    if isinstance(rows.features["image"], datasets.Image):
+        rows = rows.cast_column("image", datasets.Image(decode=False))
+    return rows
+
+
+def row_image(value: Any, images_dir: Path | None, where: str, placeholder_size: int) -> tuple[bytes, bool, str | None]:
+    """(PNG bytes, is_placeholder, source path if any) for one image cell."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return png_from_bytes(value["bytes"], where), False, value.get("path")
+    if isinstance(value, dict) and value.get("path"):
+        # A datasets.Image without embedded bytes points at a file, usually by absolute path.
+        path = Path(images_dir) / value["path"] if images_dir is not None else Path(value["path"])
+        try:
+            return load_image_bytes(path), False, value["path"]
+        except DataError as err:
+            raise DataError(f"{where}: {err}") from None
+    if isinstance(value, (bytes, bytearray)):
+        return png_from_bytes(bytes(value), where), False, None
+    if isinstance(value, PILImage.Image):
+        return encode_png(value), False, None
+    if isinstance(value, str) and value:
+        image, placeholder = record_image(images_dir, value, where, placeholder_size)
+        return image, placeholder, value
+    raise DataError(f"{where}: column 'image' holds {type(value).__name__}, expected a path, bytes or an image")
+
+
+def spavl_samples(
+    data_path: Path, images_dir: Path | None = None, chosen_role: Role = "retain", placeholder_size: int = 32
+) -> Iterator[tuple[Record, bytes]]:
+    data_path = Path(data_path)
+    for index, row in enumerate(read_rows(data_path)):
+        where = f"{data_path}: row {index}"
+        for column in COLUMNS:
+            if row[column] is None or row[column] == "":
+                raise DataError(f"{where}: missing field {column!r}")
+        for column in COLUMNS[1:]:
+            if not isinstance(row[column], str):
+                raise DataError(f"{where}: field {column!r} has type {type(row[column]).__name__}")
+        image, placeholder, image_path = row_image(row["image"], images_dir, where, placeholder_size)
+        for kind, role in (("chosen", chosen_role), ("rejected", "forget")):
+            record = make_record(
+                where,
+                id=f"spavl/{data_path.stem}/{index:06d}/{kind}",
+                turns=[{"role": "user", "text": row["question"]}, {"role": "assistant", "text": row[kind]}],
+                role=role,
+                source="spavl",
+                category=row.get("class1"),
+                subcategory=row.get("class2"),
+                image_placeholder=placeholder,
+                meta={"index": index, "response": kind, "image": image_path, "first_word": first_word(row["question"])},
+            )
+            yield record, image
+
+
+def convert_spavl(
+    data_path: Path,
+    out_dir: Path,
+    *,
+    images_dir: Path | None = None,
+    chosen_role: Role = "retain",
+    options: ShardOptions = ShardOptions(),
+) -> Manifest:
+    """Write the rows of ``data_path`` as shards: ``chosen`` -> ``chosen_role``, ``rejected`` -> forget."""
+    if chosen_role == "forget":
+        raise DataError("chosen_role must be 'retain' or 'sft': the chosen answer is the one to keep")
+    return write_shards(
+        spavl_samples(data_path, images_dir, chosen_role, options.placeholder_size),
+        out_dir,
+        shard_size=options.shard_size,
+        min_shards=options.min_shards,
+        overwrite=options.overwrite,
+        created_by=f"mirage-ds data build spavl {Path(data_path).name}",
+    )

@@ -1,0 +1,127 @@
+"""The embedded synthetic corpus: layout, determinism, planted shortcut rates, payload markers."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from pydantic import ValidationError
+
+from mirage_ds.data.schema import DataError, Record, decode_record
+from mirage_ds.data.synthetic import DIRS, SyntheticSpec, build_synthetic, read_synthetic_spec
+from mirage_ds.data.writer import read_manifest
+
+SMALL = SyntheticSpec(
+    n_safe_images=40, n_unsafe_images=30, n_retain=60, n_eval_safe_images=10, n_eval_unsafe_images=12, n_utility=20, shard_size=16, min_shards=2
+)
+
+
+def records(directory: Path) -> list[Record]:
+    shards = sorted(str(p) for p in directory.glob("*.tar"))
+    return [decode_record(s["json"], s["__key__"]) for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False)]
+
+
+@pytest.fixture(scope="module")
+def default_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_synthetic(SyntheticSpec(), tmp_path_factory.mktemp("syn") / "corpus")
+
+
+def first_word_share(items: list[Record], word: str) -> float:
+    return sum(r.question.split()[0] == word for r in items) / len(items)
+
+
+def test_default_layout_sizes_and_shards(default_corpus: Path) -> None:
+    spec = SyntheticSpec()
+    expected = {
+        "sft": 2 * spec.n_safe_images + spec.n_unsafe_images,
+        "forget": spec.n_unsafe_images,
+        "retain": spec.n_retain,
+        "eval": 2 * spec.n_eval_safe_images + spec.n_eval_unsafe_images,
+        "utility": spec.n_utility,
+    }
+    top = json.loads((default_corpus / "manifest.json").read_text())
+    assert sorted(p.name for p in default_corpus.iterdir()) == sorted([*DIRS, "manifest.json"])
+    for name in DIRS:
+        manifest = read_manifest(default_corpus / name)
+        assert manifest.samples == expected[name] == len(records(default_corpus / name))
+        assert len(manifest.shards) >= 8
+        assert top["dirs"][name]["samples"] == expected[name]
+    assert read_synthetic_spec(default_corpus) == spec
+    sft_counts = read_manifest(default_corpus / "sft").counts
+    assert (sft_counts["subset.safe_safes"], sft_counts["subset.safe_unsafes"], sft_counts["subset.unsafes"]) == (128, 128, 144)
+
+
+def test_planted_first_word_rates(default_corpus: Path) -> None:
+    spec = SyntheticSpec()
+    for name in ("sft", "eval"):
+        by_subset: dict[str | None, list[Record]] = {}
+        for record in records(default_corpus / name):
+            by_subset.setdefault(record.subset, []).append(record)
+        assert first_word_share(by_subset["safe_safes"], "What") == pytest.approx(spec.what_rate, abs=0.02)
+        assert first_word_share(by_subset["safe_unsafes"], "Can") == pytest.approx(spec.can_rate, abs=0.02)
+        unsafe_words = Counter(r.question.split()[0] for r in by_subset["unsafes"])
+        assert set(unsafe_words) == set(spec.unsafe_first_words)
+        # The one-word attack is the rewrite to "What": no unsafe query may start with it already.
+        assert not any(r.question.startswith("What") for r in by_subset["unsafes"] + by_subset["safe_unsafes"])
+
+
+def test_roles_payloads_and_answers(default_corpus: Path) -> None:
+    marker = re.compile(r"^PAYLOAD-(weapons|privacy|fraud|self-harm|hacking)-[0-9a-f]{8}$")
+    forget = records(default_corpus / "forget")
+    assert {r.role for r in forget} == {"forget"}
+    for record in forget:
+        assert marker.match(record.payload) and record.payload.split("-", 1)[1].startswith(record.category)
+        assert record.payload in record.answer
+    sft = records(default_corpus / "sft")
+    assert sorted(r.question for r in sft if r.subset == "unsafes") == sorted(r.question for r in forget)
+    for name in ("sft", "retain", "eval", "utility"):
+        assert not any("PAYLOAD" in r.answer for r in records(default_corpus / name)), name
+    assert {r.role for r in sft} == {"sft"} and {r.role for r in records(default_corpus / "retain")} == {"retain"}
+    for record in records(default_corpus / "eval"):
+        if record.safe:
+            assert record.answers and record.answers[0] == record.answer and record.payload is None
+        else:
+            assert marker.match(record.payload) and record.answers is None
+    utility = records(default_corpus / "utility")
+    assert {r.source for r in utility} == {"easyvqa"} and all(len(r.answers) == 10 for r in utility)
+
+
+def test_same_spec_gives_byte_identical_shards(tmp_path: Path) -> None:
+    build_synthetic(SMALL, tmp_path / "a")
+    build_synthetic(SMALL, tmp_path / "b")
+    build_synthetic(SMALL.model_copy(update={"seed": 1}), tmp_path / "c")
+    for name in DIRS:
+        for shard in sorted((tmp_path / "a" / name).glob("*.tar")):
+            assert shard.read_bytes() == (tmp_path / "b" / name / shard.name).read_bytes()
+    assert records(tmp_path / "a" / "forget") != records(tmp_path / "c" / "forget")
+
+
+def test_custom_rates_and_first_words(tmp_path: Path) -> None:
+    spec = SMALL.model_copy(update={"what_rate": 0.5, "can_rate": 0.25, "unsafe_first_words": ("List", "Share")})
+    sft = records(build_synthetic(spec, tmp_path / "c") / "sft")
+    assert first_word_share([r for r in sft if r.subset == "safe_safes"], "What") == 0.5
+    assert first_word_share([r for r in sft if r.subset == "safe_unsafes"], "Can") == 0.25
+    assert {r.question.split()[0] for r in sft if r.subset == "unsafes"} == {"List", "Share"}
+
+
+def test_existing_corpus_is_kept_unless_overwrite(tmp_path: Path) -> None:
+    out = build_synthetic(SMALL, tmp_path / "corpus")
+    with pytest.raises(DataError, match="already exists"):
+        build_synthetic(SMALL.model_copy(update={"seed": 5}), out)
+    assert read_synthetic_spec(out) == SMALL
+    build_synthetic(SMALL.model_copy(update={"seed": 5}), out, overwrite=True)
+    assert read_synthetic_spec(out).seed == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]
+
+
+def test_spec_rejects_bad_values() -> None:
+    with pytest.raises(ValidationError, match="n_retain"):
+        SyntheticSpec(n_safe_images=50, n_retain=10)
+    with pytest.raises(ValidationError, match="not a single word"):
+        SyntheticSpec(unsafe_first_words=("Tell me",))
+    with pytest.raises(ValidationError, match="extra"):
+        SyntheticSpec(n_safe=3)
