@@ -15,7 +15,8 @@ from mirage_ds.model import language_layers
 def hooked_layer(model: torch.nn.Module, layer: int, truncate: bool) -> Iterator[dict[str, torch.Tensor]]:
     """Capture the output hidden state of language-model layer ``layer`` into the yielded dict ("hidden").
 
-    The captured tensor equals ``output_hidden_states[layer + 1]`` (index 0 is the embeddings). With
+    The captured tensor equals ``output_hidden_states[layer + 1]`` (index 0 is the embeddings; for the last
+    layer HF reports the output after the final norm, the hook the output before it). With
     ``truncate`` the decoder runs only layers 0..layer for this forward: RMU reads nothing above it, so the
     rest of the stack is skipped (the final norm still runs on the truncated output; callers pass
     ``logits_to_keep=1`` so the LM head costs one position). Both changes are undone in ``finally``.

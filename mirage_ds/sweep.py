@@ -16,8 +16,8 @@ key varying slowest and the last fastest, then seeds. Reordering the file renumb
 array task index means the same run on every node and on every requeue of a given file.
 
 ``python -m mirage_ds.sweep FILE --count`` prints the array size (after validating every task's config);
-``--task I`` prints task I's launcher arguments, shell-quoted; ``--task I --output-dir`` prints its output
-directory; ``--list`` prints one line per task.
+``--task I`` prints task I's launcher arguments, shell-quoted; ``--task I --shell`` prints bash assignments
+for ``eval`` (what slurm/sweep.sh uses); ``--list`` prints one line per task.
 """
 
 from __future__ import annotations
@@ -176,6 +176,16 @@ def check(tasks: list[Task], source: str | Path) -> None:
             raise SweepError(f"{source}: task {task.index} ({task.output_dir}): {err}") from None
 
 
+def shell_assignments(sweep: Sweep, task: Task) -> str:
+    """Bash lines that set the task's variables; every value is shell-quoted, so ``eval`` is safe."""
+    return "\n".join([
+        f"MIRAGE_SWEEP_NAME={shlex.quote(sweep.name)}",
+        f"MIRAGE_SWEEP_TASK={task.index}",
+        f"MIRAGE_TASK_OUTPUT_DIR={shlex.quote(task.output_dir)}",
+        f"MIRAGE_TASK_ARGS=({shlex.join(task.argv())})",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mirage_ds.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--count", action="store_true", help="validate every task, print the number of tasks")
     action.add_argument("--task", type=int, metavar="I", help="print task I's launcher arguments, shell-quoted")
     action.add_argument("--list", action="store_true", help="print index, output_dir and arguments of every task")
-    parser.add_argument("--output-dir", action="store_true", help="with --task: print only the task's output_dir")
+    parser.add_argument("--shell", action="store_true",
+                        help="with --task: print bash assignments MIRAGE_SWEEP_NAME, MIRAGE_SWEEP_TASK, "
+                             "MIRAGE_TASK_OUTPUT_DIR and the array MIRAGE_TASK_ARGS, for eval")
     args = parser.parse_args(argv)
-    if args.output_dir and args.task is None:
-        parser.error("--output-dir needs --task I")
+    if args.shell and args.task is None:
+        parser.error("--shell needs --task I")
     try:
         sweep = load_sweep(args.sweep_file)
         tasks = expand(sweep)
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= args.task < len(tasks):
                 raise SweepError(f"{args.sweep_file}: task {args.task} out of range (the sweep has {len(tasks)} tasks)")
             task = tasks[args.task]
-            print(task.output_dir if args.output_dir else shlex.join(task.argv()))
+            print(shell_assignments(sweep, task) if args.shell else shlex.join(task.argv()))
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

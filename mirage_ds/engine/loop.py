@@ -12,11 +12,14 @@ import math
 import re
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import deepspeed
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import AutoConfig
 
@@ -29,10 +32,10 @@ from mirage_ds.engine.checkpoint import export_model, latest_checkpoint, load_ch
 from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
 from mirage_ds.engine.ds_config import build_ds_config
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
-from mirage_ds.engine.reference import build_reference
-from mirage_ds.losses.base import LossContext, to_device
+from mirage_ds.engine.reference import Reference, build_reference
+from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
-from mirage_ds.model import DTYPES, build_model, resolve_model_path
+from mirage_ds.model import DTYPES, ModelBundle, build_model, resolve_model_path
 from mirage_ds.tracking import build_tracker, truncate_metrics
 
 log = logging.getLogger(__name__)
@@ -79,14 +82,30 @@ def train(cfg: TrainConfig) -> RunStatus:
         teardown_distributed(clean)
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStatus:
-    out_dir = Path(cfg.output_dir)
-    ckpt_root = out_dir / "checkpoints"
+@dataclass
+class Run:
+    """Everything the loop touches, built once by ``build_run``."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    engine: Any
+    bundle: ModelBundle
+    loss_fn: Loss
+    reference: Reference | None
+    streams: dict[str, Batches]
+    start_step: int
+    resumed_from: Path | None
+
+    def rank_state(self, step: int) -> dict[str, Any]:
+        return {"step": step, "streams": {n: b.state.to_dict() for n, b in self.streams.items()}}
+
+
+def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
+    """Data, model, engine, reference, resume: in that order, every rank alike."""
     torch.manual_seed(cfg.seed)
     loss_fn = build_loss(cfg.loss, cfg.model)
     needs = loss_fn.needs
-
-    # -- build: data, model, engine, reference ------------------------------------------------------
     model_path, stream_dirs = local_rank_zero_first(lambda: (resolve_model_path(cfg.model), resolve_streams(cfg, needs.streams)))
     hidden = AutoConfig.from_pretrained(model_path, local_files_only=True).text_config.hidden_size
     ds_config = build_ds_config(cfg, world, hidden)
@@ -98,11 +117,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     engine, _, _, _ = deepspeed.initialize(model=bundle.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     reference = build_reference(cfg, engine, ds_config, needs) if needs.reference else None
-    dtype = DTYPES[cfg.model.dtype]
 
-    # -- resume ------------------------------------------------------------------------------------
     start_step, states = 0, {name: StreamState() for name in stream_dirs}
-    latest = latest_checkpoint(ckpt_root)
+    latest = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
     if latest is not None and cfg.resume == "never":
         raise ConfigError(f"output_dir={cfg.output_dir!r} already holds checkpoints; pass resume=auto or a new output_dir")
     if latest is not None:
@@ -110,64 +127,71 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
         start_step = rank_state["step"]
         states = {name: StreamState.from_dict(s) for name, s in rank_state["streams"].items()}
 
-    template = Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length)
-    pre = Preprocessor(template, bundle.image_processor, cfg.data.pad_to_square, torch.float32)
+    pre = Preprocessor(Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length), bundle.image_processor,
+                       cfg.data.pad_to_square, torch.float32)
     streams = {
-        name: Batches(
-            ShardStream(
-                path,
-                transform=pre.train_example,
-                collate=collate_padded(bundle.tokenizer.pad_token_id),
-                batch_size=cfg.micro_batch_size,
-                seed=cfg.seed + i,
-                rank=rank,
-                world_size=world,
-                num_workers=cfg.data.num_workers,
-                shuffle_buffer=cfg.data.shuffle_buffer,
-                on_error=cfg.data.on_error,
-                state=states[name],
-            )
-        )
+        name: Batches(ShardStream(
+            path, transform=pre.train_example, collate=collate_padded(bundle.tokenizer.pad_token_id),
+            batch_size=cfg.micro_batch_size, seed=cfg.seed + i, rank=rank, world_size=world,
+            num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error,
+            state=states[name],
+        ))
         for i, (name, path) in enumerate(stream_dirs.items())
     }
+    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, start_step, latest)
+
+
+def train_step(run: Run, ctx: LossContext) -> tuple[dict[str, float], int, int]:
+    """One optimizer step (``grad_accum`` micro-steps): (loss terms averaged over micro-steps, samples, tokens)."""
+    cfg, engine = run.cfg, run.engine
+    dtype = DTYPES[cfg.model.dtype]
+    terms: dict[str, float] = {}
+    samples = tokens = 0
+    for _ in range(cfg.grad_accum):
+        batches = {name: to_device(next(it), engine.device, dtype) for name, it in run.streams.items()}
+        result = run.loss_fn(engine, batches, ctx)
+        engine.backward(result.loss)
+        engine.step()  # DeepSpeed applies the update only at the accumulation boundary
+        for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
+            terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
+        samples += sum(len(b["ids"]) for b in batches.values())
+        tokens += sum(int(b["attention_mask"].sum()) for b in batches.values())
+    return terms, samples, tokens
+
+
+def save_loss_state(run: Run) -> None:
+    """Tensors a loss keeps with the run (RMU's control vector), as safetensors in output_dir."""
+    if run.rank == 0:
+        for name, tensor in run.loss_fn.state().items():
+            save_file({name: tensor.detach().cpu().contiguous()}, str(Path(run.cfg.output_dir) / f"{name}.safetensors"))
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStatus:
+    out_dir = Path(cfg.output_dir)
+    ckpt_root = out_dir / "checkpoints"
+    run = build_run(cfg, rank, world)
+    engine, streams = run.engine, run.streams
 
     if rank == 0:
-        truncate_metrics(out_dir, start_step)
+        truncate_metrics(out_dir, run.start_step)
     tracker = build_tracker(cfg, rank)
     if rank == 0:
         save_config(cfg, out_dir / "config.yaml")
         tracker.log_params(flatten(cfg))
-        for name, tensor in loss_fn.state().items():
-            from safetensors.torch import save_file
-
-            save_file({name: tensor.contiguous()}, str(out_dir / f"{name}.safetensors"))
-        if latest is not None:
-            log.warning("resumed from %s at step %d", latest, start_step)
-
-    def rank_state(step: int) -> dict:
-        return {"step": step, "streams": {n: b.state.to_dict() for n, b in streams.items()}}
+        if run.resumed_from is not None:
+            log.warning("resumed from %s at step %d", run.resumed_from, run.start_step)
 
     # -- the loop ----------------------------------------------------------------------------------
     status = RunStatus.FINISHED
-    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
-    ctx = LossContext(reference=reference)
-    step = start_step
+    bar = tqdm(total=cfg.max_steps, initial=run.start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
+    ctx = LossContext(reference=run.reference)
+    step = run.start_step
     try:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
-            terms: dict[str, float] = {}
-            samples = tokens = 0
-            for _ in range(cfg.grad_accum):
-                batches = {name: to_device(next(it), engine.device, dtype) for name, it in streams.items()}
-                ctx.step = step
-                result = loss_fn(engine, batches, ctx)
-                engine.backward(result.loss)
-                engine.step()
-                for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
-                    terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
-                samples += sum(len(b["ids"]) for b in batches.values())
-                tokens += sum(int(b["attention_mask"].sum()) for b in batches.values())
+            ctx.step = step
+            terms, samples, tokens = train_step(run, ctx)
             step += 1
             # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.
             reduced = _all_reduce_sum([*terms.values(), samples, tokens, float(stop.raised), float(not math.isfinite(terms["loss"]))])
@@ -188,26 +212,27 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
                 break
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 tracker.log_metrics(metrics, step)
-                bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{metrics['train/lr']:.2e}")
+                bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
                 if rank == 0:
                     bar.write(
-                        f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} lr {metrics['train/lr']:.3e} "
+                        f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} lr {lr:.3e} "
                         f"samples/s {metrics['perf/samples_per_s']:.1f} tokens/s {metrics['perf/tokens_per_s']:.0f}"
                         + (f" skipped {int(metrics['data/skipped'])}" if metrics["data/skipped"] else "")
                     )
             bar.update(1)
             if stop_any:
-                save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+                save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
                 status = RunStatus.PREEMPTED
                 break
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
-                save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
+                save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
     finally:
         bar.close()
 
+    save_loss_state(run)
     if status == RunStatus.FINISHED:
-        save_checkpoint(engine, ckpt_root, step, rank_state(step), cfg.checkpoint.keep)
-        export_model(engine, bundle, out_dir / "export", is_lora=cfg.model.lora is not None)
+        save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
+        export_model(engine, run.bundle, out_dir / "export", is_lora=cfg.model.lora is not None)
     tracker.close("FINISHED" if status == RunStatus.FINISHED else "KILLED")
     return status
 

@@ -23,18 +23,29 @@ from mirage_ds.hooks import hooked_layer
 from mirage_ds.model import load_model, resolve_model_path
 
 
-def _adapters_off_reference(engine: Any, needs: Needs, truncate: bool) -> Callable[[Batch], dict[str, torch.Tensor]]:
+class Reference:
+    """``reference(batch)`` -> {"logits"} or {"hidden"} under no_grad; ``module`` is the model it runs."""
+
+    def __init__(self, run: Callable[[Batch], dict[str, torch.Tensor]], module: torch.nn.Module) -> None:
+        self._run = run
+        self.module = module
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self._run(batch)
+
+
+def _adapters_off_reference(engine: Any, needs: Needs, truncate: bool) -> Reference:
     peft_model = engine.module
 
-    @torch.no_grad()
-    def reference(batch: Batch) -> dict[str, torch.Tensor]:
+    def run(batch: Batch) -> dict[str, torch.Tensor]:
         with peft_model.disable_adapter():
             return _forward(engine, batch, needs.hooked_layer, truncate)
 
-    return reference
+    return Reference(run, peft_model)
 
 
-def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], needs: Needs, truncate: bool) -> Callable[[Batch], dict[str, torch.Tensor]]:
+def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], needs: Needs, truncate: bool) -> Reference:
     ref_config = copy.deepcopy(ds_config)
     ref_config.pop("optimizer", None)
     ref_config.pop("scheduler", None)
@@ -49,11 +60,7 @@ def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], need
     engine, *_ = deepspeed.initialize(model=model, config=ref_config)
     engine.eval()
 
-    @torch.no_grad()
-    def reference(batch: Batch) -> dict[str, torch.Tensor]:
-        return _forward(engine, batch, needs.hooked_layer, truncate)
-
-    return reference
+    return Reference(lambda batch: _forward(engine, batch, needs.hooked_layer, truncate), engine.module)
 
 
 def _forward(model: Any, batch: Batch, layer: int | None, truncate: bool) -> dict[str, torch.Tensor]:
@@ -64,7 +71,7 @@ def _forward(model: Any, batch: Batch, layer: int | None, truncate: bool) -> dic
     return {"hidden": captured["hidden"]}
 
 
-def build_reference(cfg: TrainConfig, engine: Any, ds_config: dict[str, Any], needs: Needs) -> Callable[[Batch], dict[str, torch.Tensor]]:
+def build_reference(cfg: TrainConfig, engine: Any, ds_config: dict[str, Any], needs: Needs) -> Reference:
     truncate = getattr(cfg.loss, "truncate", False)
     if cfg.model.lora is not None:
         return _adapters_off_reference(engine, needs, truncate)
