@@ -97,6 +97,12 @@ class CheckpointConfig(Section):
     keep: int = Field(2, ge=1)
 
 
+class TrackingConfig(Section):
+    mlflow: bool = True  # MLFLOW_TRACKING_URI, else sqlite:///<runs dir>/mlflow.db
+    experiment: str | None = None  # default: $MLFLOW_EXPERIMENT_NAME or "mirage-ds"
+    retry_s: float = Field(15.0, gt=0)  # how often an unreachable server is retried
+
+
 class LossConfig(Section):
     """Base of every loss's config; the registry maps ``name`` to the concrete class."""
 
@@ -118,6 +124,7 @@ class TrainConfig(Section):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
     loss: LossConfig
 
     @field_validator("loss", mode="before")

@@ -88,10 +88,16 @@ def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
 
 
 def build_tracker(cfg: TrainConfig, rank: int) -> Tracker:
-    """Rank 0: metrics.jsonl (always). Other ranks: nothing, so logging never needs a rank check."""
+    """Rank 0: metrics.jsonl (always) and MLflow (unless tracking.mlflow=false). Other ranks: nothing."""
     if rank != 0:
         return NullTracker()
-    return MultiTracker([JsonlTracker(Path(cfg.output_dir))])
+    trackers: list[Tracker] = [JsonlTracker(Path(cfg.output_dir))]
+    if cfg.tracking.mlflow:
+        from mirage_ds.mlflow_tracker import MlflowTracker
+
+        run_name = f"{cfg.recipe}:{Path(cfg.output_dir).name}"
+        trackers.append(MlflowTracker(Path(cfg.output_dir), run_name, cfg.tracking.experiment, cfg.tracking.retry_s))
+    return MultiTracker(trackers)
 
 
 def truncate_metrics(output_dir: Path, last_step: int) -> None:

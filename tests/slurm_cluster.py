@@ -1,15 +1,21 @@
-"""A real single-node Slurm for tests: munged, slurmctld and slurmd on this machine.
+"""A real Slurm on this machine for tests: munged, slurmctld and slurmd.
 
 ``ensure_cluster()`` is idempotent: it installs Slurm when missing (root only, ``.ci/install_slurm.sh``),
 writes ``slurm.conf`` under a state directory, starts whichever daemon is not already running and waits
-until ``sinfo`` shows the node idle. ``stop_cluster()`` stops what a given ``ensure_cluster`` started.
-The ``slurm_cluster`` session fixture does both; the daemons survive a killed test session and the next
-session reuses them.
+until ``sinfo`` shows the nodes up. ``stop_cluster()`` stops what that call started. The daemons survive
+a killed test session; the next session finds and reuses them.
 
-The state directory is ``$MIRAGE_SLURM_DIR`` or ``<tmp>/mirage-slurm``. Clients find the cluster through
-``SLURM_CONF`` (``Cluster.env``); ``sbatch`` exports it into the jobs, so ``scontrol``/``srun`` work there.
+Two shapes, each with its own state directory and ports, so both can be up at once:
 
-By hand: ``python tests/slurm_cluster.py up`` prints ``export SLURM_CONF=...``; ``... down`` stops it.
+- ``ensure_cluster()``: design.md's single node, ``NodeName=$(hostname) CPUs=$(nproc)``.
+- ``ensure_cluster(nodes=2)``: two nodes ``n0`` and ``n1`` of one CPU each, two slurmd processes on this
+  machine (``slurmd -N``) reached at 127.0.0.1. A multi-node job array then really runs ``srun`` across
+  two nodes, which is the path slurm/sweep.sh takes on a real cluster.
+
+State lives in ``$MIRAGE_SLURM_DIR`` (default ``<tmp>/mirage-slurm``; the two-node shape adds ``-2n``).
+Clients find a cluster through ``SLURM_CONF`` (``Cluster.env``); sbatch exports it into the jobs.
+
+By hand: ``python tests/slurm_cluster.py up [2]`` prints ``export SLURM_CONF=...``; ``down [2]`` stops it.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ NOT_ROOT = "Slurm cannot be installed (not root)"
 @dataclass
 class Cluster:
     root: Path
-    node: str
-    # Daemons this ensure_cluster() call started (name -> pid file); stop_cluster stops only these.
-    started: dict[str, Path] = field(default_factory=dict)
+    nodes: list[str]
+    # Daemons this ensure_cluster() call started, as pid files; stop_cluster stops only these.
+    started: list[Path] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
@@ -53,29 +59,45 @@ class Cluster:
         return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, check=check, timeout=60)
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("MIRAGE_SLURM_DIR", Path(tempfile.gettempdir()) / "mirage-slurm"))
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
 
 
-def slurm_conf(root: Path, node: str, cpus: int) -> str:
+def cluster_for(nodes: int) -> Cluster:
+    base = Path(os.environ.get("MIRAGE_SLURM_DIR", Path(tempfile.gettempdir()) / "mirage-slurm"))
+    if nodes == 1:
+        return Cluster(base, [_host()])
+    return Cluster(base.with_name(f"{base.name}-{nodes}n"), [f"n{i}" for i in range(nodes)])
+
+
+def slurm_conf(cluster: Cluster) -> str:
     """design.md "Slurm": linuxproc tracking and no task plugin, so no cgroups are needed in a container."""
+    root, single = cluster.root, len(cluster.nodes) == 1
+    # Each shape gets its own port block so the single-node and the two-node cluster can run side by side.
+    port = 6817 if single else 6827
+    if single:
+        node_lines = [f"NodeName={cluster.nodes[0]} CPUs={os.cpu_count() or 1} State=UNKNOWN"]
+    else:
+        # Several slurmd on one host: each needs its own port, spool and pid file (%n = node name).
+        node_lines = [f"NodeName={name} NodeHostname={_host()} NodeAddr=127.0.0.1 Port={port + 1 + i} CPUs=1 State=UNKNOWN"
+                      for i, name in enumerate(cluster.nodes)]
     return "\n".join([
-        "ClusterName=mirage",
-        f"SlurmctldHost={node}",
+        f"ClusterName=mirage{len(cluster.nodes)}n",
+        f"SlurmctldHost={_host()}",
         "SlurmUser=root",
         "AuthType=auth/munge",
-        "SlurmctldPort=6817",
-        "SlurmdPort=6818",
+        f"SlurmctldPort={port}",
+        f"SlurmdPort={port + 1}",
         f"StateSaveLocation={root}/state",
-        f"SlurmdSpoolDir={root}/spool",
+        f"SlurmdSpoolDir={root}/spool/%n",
         f"SlurmctldPidFile={root}/slurmctld.pid",
-        f"SlurmdPidFile={root}/slurmd.pid",
+        f"SlurmdPidFile={root}/slurmd-%n.pid",
         f"SlurmctldLogFile={root}/slurmctld.log",
-        f"SlurmdLogFile={root}/slurmd.log",
+        f"SlurmdLogFile={root}/slurmd-%n.log",
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "SelectType=select/cons_tres",
-        # CPUs are the only consumable: jobs that ask for no memory do not each claim the whole node.
+        # CPUs are the only consumable: jobs that ask for no memory do not each claim a whole node.
         "SelectTypeParameters=CR_CPU",
         "MpiDefault=none",
         "JobCompType=jobcomp/none",
@@ -86,9 +108,10 @@ def slurm_conf(root: Path, node: str, cpus: int) -> str:
         "SchedulerParameters=sched_interval=1",
         "JobRequeue=1",
         "KillWait=10",
+        # Finished jobs stay visible to `scontrol show job` for 10 min: tests read their states there.
         "MinJobAge=600",
-        f"NodeName={node} CPUs={cpus} State=UNKNOWN",
-        f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
+        *node_lines,
+        f"PartitionName=debug Nodes={','.join(cluster.nodes)} Default=YES MaxTime=INFINITE State=UP",
         "",
     ])
 
@@ -119,7 +142,8 @@ def _wait(predicate: Callable[[], bool], what: str, log: Path | None = None, tim
 
 
 def _install() -> None:
-    if all(shutil.which(t) or Path("/usr/sbin", t).exists() for t in ("slurmctld", "slurmd", "sbatch", "munged", "pgrep")):
+    tools = ("slurmctld", "slurmd", "sbatch", "munged", "pgrep")
+    if all(shutil.which(t) or Path("/usr/sbin", t).exists() for t in tools):
         return
     subprocess.run(["bash", str(INSTALLER)], check=True, capture_output=True, text=True, timeout=900)
 
@@ -133,46 +157,7 @@ def _start_munged(cluster: Cluster) -> None:
     # munged refuses to run as root; it daemonizes and writes its own pid file.
     subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, capture_output=True, text=True)
     _wait(_munge_ok, "munged")
-    cluster.started["munged"] = run_dir / "munged.pid"
-
-
-def _node_state(cluster: Cluster) -> str:
-    result = cluster.run("sinfo", "-h", "-N", "-n", cluster.node, "-o", "%T", check=False)
-    return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def ensure_cluster() -> Cluster:
-    """Bring the single-node cluster up (or find it up). Raises if it cannot be started."""
-    _install()
-    node = socket.gethostname().split(".")[0]
-    cluster = Cluster(state_dir(), node)
-    for sub in ("state", "spool"):
-        (cluster.root / sub).mkdir(parents=True, exist_ok=True)
-    _start_munged(cluster)
-
-    text = slurm_conf(cluster.root, node, os.cpu_count() or 1)
-    ctld_pid, d_pid = cluster.root / "slurmctld.pid", cluster.root / "slurmd.pid"
-    if cluster.conf.is_file() and cluster.conf.read_text() != text:
-        # A changed config (another machine size, a new option) needs fresh daemons.
-        _stop_daemon(d_pid)
-        _stop_daemon(ctld_pid)
-    cluster.conf.write_text(text)
-
-    for name, pid_file, log in (("slurmctld", ctld_pid, "slurmctld.log"), ("slurmd", d_pid, "slurmd.log")):
-        if _alive(pid_file):
-            continue
-        subprocess.run([name, "-f", str(cluster.conf)], env=cluster.env, check=True, capture_output=True, text=True)
-        _wait(lambda p=pid_file: _alive(p), name, cluster.root / log)
-        cluster.started[name] = pid_file
-
-    def idle() -> bool:
-        state = _node_state(cluster)
-        if state.startswith(("down", "drain")):
-            cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
-        return state.rstrip("*~#") in {"idle", "mixed", "allocated"}
-
-    _wait(idle, f"node {node} to be up in sinfo", cluster.root / "slurmd.log")
-    return cluster
+    cluster.started.append(run_dir / "munged.pid")
 
 
 def _stop_daemon(pid_file: Path) -> None:
@@ -190,29 +175,81 @@ def _stop_daemon(pid_file: Path) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def ensure_cluster(nodes: int = 1) -> Cluster:
+    """Bring the cluster up (or find it up). Raises if it cannot be started."""
+    _install()
+    cluster = cluster_for(nodes)
+    for name in cluster.nodes:
+        (cluster.root / "spool" / name).mkdir(parents=True, exist_ok=True)
+    (cluster.root / "state").mkdir(parents=True, exist_ok=True)
+    _start_munged(cluster)
+
+    text = slurm_conf(cluster)
+    ctld_pid = cluster.root / "slurmctld.pid"
+    daemons = [(ctld_pid, ["slurmctld"], cluster.root / "slurmctld.log")]
+    daemons += [(cluster.root / f"slurmd-{name}.pid", ["slurmd", "-N", name], cluster.root / f"slurmd-{name}.log")
+                for name in cluster.nodes]
+    if cluster.conf.is_file() and cluster.conf.read_text() != text:
+        # A changed config (another machine size, a new option) needs fresh daemons.
+        for pid_file, _, _ in reversed(daemons):
+            _stop_daemon(pid_file)
+    cluster.conf.write_text(text)
+
+    for pid_file, cmd, log in daemons:
+        if _alive(pid_file):
+            continue
+        subprocess.run([*cmd, "-f", str(cluster.conf)], env=cluster.env, check=True, capture_output=True, text=True)
+        _wait(lambda p=pid_file: _alive(p), cmd[0], log)
+        cluster.started.append(pid_file)
+
+    def up() -> bool:
+        result = cluster.run("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+        states = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+        for name, state in states.items():
+            if state.startswith(("down", "drain")):
+                cluster.run("scontrol", "update", f"nodename={name}", "state=resume", check=False)
+        return sorted(states) == sorted(cluster.nodes) and all(
+            s.rstrip("*~#") in {"idle", "mixed", "allocated"} for s in states.values())
+
+    _wait(up, f"nodes {cluster.nodes} to be up in sinfo", cluster.root / "slurmctld.log")
+    return cluster
+
+
 def stop_cluster(cluster: Cluster) -> None:
-    """Stop the daemons this cluster object started, slurmd first (it reports to slurmctld)."""
-    for name in ("slurmd", "slurmctld", "munged"):
-        if name in cluster.started:
-            _stop_daemon(cluster.started[name])
+    """Stop the daemons this cluster object started, slurmd before slurmctld, munged last."""
+    for pid_file in reversed(cluster.started):
+        _stop_daemon(pid_file)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[Cluster]:
+def _session_cluster(nodes: int) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip(NOT_ROOT)
-    cluster = ensure_cluster()
+    cluster = ensure_cluster(nodes)
     try:
         yield cluster
     finally:
         stop_cluster(cluster)
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Cluster]:
+    """The single-node cluster of design.md."""
+    yield from _session_cluster(1)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> Iterator[Cluster]:
+    """Two one-CPU nodes on this machine, for srun across nodes."""
+    yield from _session_cluster(2)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in {"up", "down"}:
-        sys.exit("usage: python tests/slurm_cluster.py up|down")
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in {"up", "down"}:
+        sys.exit("usage: python tests/slurm_cluster.py up|down [NODES]")
+    count = int(sys.argv[2]) if len(sys.argv) == 3 else 1
     if sys.argv[1] == "up":
-        print(f"export SLURM_CONF={ensure_cluster().conf}")
+        print(f"export SLURM_CONF={ensure_cluster(count).conf}")
     else:
-        up = Cluster(state_dir(), socket.gethostname().split(".")[0])
-        stop_cluster(Cluster(up.root, up.node, {n: up.root / f"{n}.pid" for n in ("slurmd", "slurmctld")}))
+        found = cluster_for(count)
+        found.started = [found.root / "slurmctld.pid"] + [found.root / f"slurmd-{n}.pid" for n in found.nodes]
+        stop_cluster(found)

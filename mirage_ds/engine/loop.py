@@ -7,6 +7,7 @@ Exit codes (``RunStatus``): 0 finished, 3 preempted after a checkpoint (resume w
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import re
@@ -94,6 +95,7 @@ class Run:
     loss_fn: Loss
     reference: Reference | None
     streams: dict[str, Batches]
+    ds_config: dict[str, Any]
     start_step: int
     resumed_from: Path | None
 
@@ -138,7 +140,7 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
         ))
         for i, (name, path) in enumerate(stream_dirs.items())
     }
-    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, start_step, latest)
+    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, ds_config, start_step, latest)
 
 
 def train_step(run: Run, ctx: LossContext) -> tuple[dict[str, float], int, int]:
@@ -177,7 +179,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     tracker = build_tracker(cfg, rank)
     if rank == 0:
         save_config(cfg, out_dir / "config.yaml")
+        (out_dir / "ds_config.json").write_text(json.dumps(run.ds_config, indent=2))
         tracker.log_params(flatten(cfg))
+        tracker.log_artifact(out_dir / "config.yaml")
+        tracker.log_artifact(out_dir / "ds_config.json")
         if run.resumed_from is not None:
             log.warning("resumed from %s at step %d", run.resumed_from, run.start_step)
 

@@ -1,0 +1,124 @@
+"""Pure loss functions on tensors: answer log-likelihoods, SFT cross-entropy, NPO and the RMU terms.
+
+Labels follow the Hugging Face causal-LM convention: ``labels`` has the shape of ``input_ids``, -100 marks
+positions outside the answer, and logits at position t predict the label at t+1 (the one-token shift is
+done here, not by the caller).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as nnf
+from torch.utils.checkpoint import checkpoint
+
+from mirage_ds.kernels import KernelName, Norm, rmu_loss
+
+IGNORE_INDEX = -100
+# fp32 elements per log-sum-exp chunk (64 MiB): bounds the fp32 copy of the logits that exists at once.
+LSE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _lse_fp32(rows: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(rows.float(), dim=-1)
+
+
+def _logsumexp_fp32(rows: torch.Tensor, chunk_elements: int) -> torch.Tensor:
+    """rows: [N, V] any float dtype -> [N] fp32 log-sum-exp, computed chunk by chunk.
+
+    Under autograd each chunk is checkpointed: logsumexp saves its fp32 input for the backward, so without
+    it an fp32 copy of every answer row's logits would live until the backward. With it only the rows in
+    their own dtype are kept and each chunk's fp32 copy is rebuilt in the backward, one at a time.
+    """
+    chunk = max(1, chunk_elements // max(1, rows.shape[-1]))
+    track = torch.is_grad_enabled() and rows.requires_grad
+    parts = [checkpoint(_lse_fp32, part, use_reentrant=False) if track else _lse_fp32(part)
+             for part in rows.split(chunk)]
+    return torch.cat(parts)
+
+
+def answer_token_logp(logits: torch.Tensor, labels: torch.Tensor, *,
+                      chunk_elements: int = LSE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the answer tokens, in fp32.
+
+    logits: [B, T, V] (any float dtype); labels: [B, T] int, -100 outside the answer.
+    Returns (token_logp [N] fp32, sequence index of each token [N] int64, answer tokens per sequence [B]),
+    N = answer tokens in the batch after the shift: log p(y_{t+1}) = z_t[y_{t+1}] - logsumexp(z_t).
+
+    Only the N answer rows enter the log-softmax: the target logit is gathered in the logits' own dtype
+    (exact in fp32) and the log-sum-exp is chunked, so no second [B, T, V] fp32 tensor is built.
+    Selecting the rows is one host sync (a boolean index), the price of skipping prompt and image tokens.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits [B, T, V] and labels [B, T] expected, got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    shift_labels = labels[:, 1:]
+    answer = shift_labels != IGNORE_INDEX
+    rows = logits[:, :-1][answer]
+    targets = shift_labels[answer]
+    batch_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(answer)[answer]
+    picked = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    return picked - _logsumexp_fp32(rows, chunk_elements), batch_index, answer.sum(dim=1)
+
+
+def sequence_logp(logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["sum", "mean"]) -> torch.Tensor:
+    """Per-sequence log-likelihood of the answer, log pi(y|x): [B] fp32.
+
+    logits: [B, T, V]; labels: [B, T], -100 outside the answer. ``sum`` adds the answer-token log-probs
+    (NPO as in Zhang et al. 2024, open-unlearning); ``mean`` averages them (the official Safety Mirage
+    code). A sequence without answer tokens gets 0 under either reduction (not NaN).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"unknown reduction {reduction!r} (allowed: sum, mean)")
+    token_logp, batch_index, counts = answer_token_logp(logits, labels)
+    total = token_logp.new_zeros(labels.shape[0]).index_add(0, batch_index, token_logp)
+    if reduction == "sum":
+        return total
+    return total / counts.clamp_min(1)
+
+
+def sft(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy over answer tokens (LLaVA / HF causal-LM convention): 0-dim fp32.
+
+    logits: [B, T, V]; labels: [B, T], -100 ignored. CE = -(1/N) sum_t log p(y_{t+1}); with no answer
+    token in the batch the loss is 0 (graph kept) rather than PyTorch's 0/0 = NaN.
+    """
+    token_logp, _, _ = answer_token_logp(logits, labels)
+    return -token_logp.sum() / max(1, token_logp.numel())
+
+
+def npo(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang et al. 2024, Eq. 3): 0-dim.
+
+    policy_logp, ref_logp: [B] sequence log-likelihoods (``sequence_logp``).
+    L = mean_b -(2/beta) * log sigmoid(-beta * (policy_logp - ref_logp)). Neither input is detached here:
+    the caller computes the reference under no_grad (and may swap the arguments for the mirrored term).
+    """
+    if beta <= 0:
+        raise ValueError(f"NPO beta must be > 0, got {beta}")
+    return (-(2.0 / beta) * nnf.logsigmoid(-beta * (policy_logp - ref_logp))).mean()
+
+
+def rmu_forget(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor, norm: Norm,
+               kernel: KernelName = "auto") -> torch.Tensor:
+    """RMU forget term ||h_l(x_f) - c*u||^2 (Li et al. 2024 WMDP, Eq. 1): 0-dim fp32.
+
+    h: [B, T, D] layer-l activations on the forget batch; control: [D], the target c*u; mask: [B, T] bool.
+    norm "mean": mean over D and masked-in tokens; "sum_d": sum over D, mean over tokens (the paper).
+    """
+    if control.dim() != 1:
+        raise ValueError(f"control must be the [D] vector c*u, got shape {tuple(control.shape)}")
+    return rmu_loss(h, control, mask, norm, kernel)
+
+
+def rmu_retain(h: torch.Tensor, h_frozen: torch.Tensor, mask: torch.Tensor, norm: Norm,
+               kernel: KernelName = "auto") -> torch.Tensor:
+    """RMU retain term ||h_l(x_r) - h_l^frozen(x_r)||^2 (Li et al. 2024 WMDP, Eq. 2): 0-dim fp32.
+
+    h, h_frozen: [B, T, D] activations of the trained and the frozen model on the retain batch (no gradient
+    flows to h_frozen); mask: [B, T] bool; norm as in ``rmu_forget``.
+    """
+    if h_frozen.shape != h.shape:
+        raise ValueError(f"h_frozen must match h's shape {tuple(h.shape)}, got {tuple(h_frozen.shape)}")
+    return rmu_loss(h, h_frozen, mask, norm, kernel)
