@@ -179,26 +179,32 @@ def ensure_cluster(nodes: int = 1) -> Cluster:
     """Bring the cluster up (or find it up). Raises if it cannot be started."""
     _install()
     cluster = cluster_for(nodes)
-    for name in cluster.nodes:
-        (cluster.root / "spool" / name).mkdir(parents=True, exist_ok=True)
-    (cluster.root / "state").mkdir(parents=True, exist_ok=True)
     _start_munged(cluster)
 
     text = slurm_conf(cluster)
-    ctld_pid = cluster.root / "slurmctld.pid"
-    daemons = [(ctld_pid, ["slurmctld"], cluster.root / "slurmctld.log")]
+    daemons = [(cluster.root / "slurmctld.pid", ["slurmctld"], cluster.root / "slurmctld.log")]
     daemons += [(cluster.root / f"slurmd-{name}.pid", ["slurmd", "-N", name], cluster.root / f"slurmd-{name}.log")
                 for name in cluster.nodes]
     if cluster.conf.is_file() and cluster.conf.read_text() != text:
-        # A changed config (another machine size, a new option) needs fresh daemons.
+        # A changed config (another machine size, a new option) needs fresh daemons, and fresh state:
+        # slurmctld refuses state saved under another cluster name.
         for pid_file, _, _ in reversed(daemons):
             _stop_daemon(pid_file)
+        for sub in ("state", "spool"):
+            shutil.rmtree(cluster.root / sub, ignore_errors=True)
+    for name in cluster.nodes:
+        (cluster.root / "spool" / name).mkdir(parents=True, exist_ok=True)
+    (cluster.root / "state").mkdir(parents=True, exist_ok=True)
     cluster.conf.write_text(text)
 
     for pid_file, cmd, log in daemons:
         if _alive(pid_file):
             continue
-        subprocess.run([*cmd, "-f", str(cluster.conf)], env=cluster.env, check=True, capture_output=True, text=True)
+        # Each daemon forks into the background and writes its pid file once it is running.
+        started = subprocess.run([*cmd, "-f", str(cluster.conf)], env=cluster.env, capture_output=True, text=True)
+        if started.returncode != 0:
+            tail = log.read_text()[-2000:] if log.is_file() else started.stderr
+            raise RuntimeError(f"{' '.join(cmd)} failed to start (exit {started.returncode}):\n{tail}")
         _wait(lambda p=pid_file: _alive(p), cmd[0], log)
         cluster.started.append(pid_file)
 

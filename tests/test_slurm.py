@@ -29,8 +29,9 @@ def _sweep_file(tmp_path: Path, **data: object) -> Path:
 
 
 def _submit(cluster: Cluster, sweep: Path) -> str:
-    proc = subprocess.run(["slurm/submit", str(sweep), "--parsable"], cwd=REPO, capture_output=True, text=True,
-                          env={**cluster.env, "MIRAGE_RANKS_PER_NODE": "1"}, timeout=120)
+    # --exclusive: one task at a time gets the whole (2-core) node, instead of tasks sharing it slower.
+    proc = subprocess.run(["slurm/submit", str(sweep), "--parsable", "--exclusive"], cwd=REPO, capture_output=True,
+                          text=True, env={**cluster.env, "MIRAGE_RANKS_PER_NODE": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -77,6 +78,16 @@ def test_two_by_two_sweep_runs_every_task(slurm_cluster: Cluster, tmp_path: Path
         assert (config["seed"], config["optim"]["lr"]) == (int(asked["seed"]), float(asked["optim.lr"]))
         assert f"task {task.index} of grid" in _slurm_log(out, job, task.index)
         assert (out / "logs" / "attempt0-node0.log").is_file()
+    # The sweep seam (MIRAGE_SWEEP_NAME / MIRAGE_SWEEP_TASK): every task is a child of one MLflow parent run.
+    from mirage_ds.mlflow_tracker import attached_run
+
+    runs = [attached_run(Path(task.output_dir)) for task in tasks]
+    assert all(run is not None for run in runs)
+    tags = [client.get_run(run_id).data.tags for client, run_id in runs]  # type: ignore[misc]
+    assert [t["mirage.sweep_task"] for t in tags] == [str(task.index) for task in tasks]
+    assert len({t["mlflow.parentRunId"] for t in tags}) == 1
+    client = runs[0][0]  # type: ignore[index]
+    assert client.get_run(tags[0]["mlflow.parentRunId"]).data.tags["mirage.sweep_parent"] == "grid"
 
 
 def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster: Cluster, tmp_path: Path,

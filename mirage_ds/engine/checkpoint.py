@@ -9,7 +9,9 @@ Per-rank state (data position, RNG) sits beside DeepSpeed's files as JSON / safe
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ def save_checkpoint(engine: Any, ckpt_root: Path, step: int, rank_state: dict[st
         shutil.rmtree(ckpt_root / partial)
     dist.barrier()
     engine.save_checkpoint(str(ckpt_root), tag=partial, save_latest=False)
+    _crash_here_for_tests(step)
     part_dir = ckpt_root / partial
     (part_dir / f"rank{rank:05d}.json").write_text(json.dumps(rank_state))
     save_file({"cpu": torch.get_rng_state()}, str(part_dir / f"rng{rank:05d}.safetensors"))
@@ -57,6 +60,13 @@ def save_checkpoint(engine: Any, ckpt_root: Path, step: int, rank_state: dict[st
         _prune(ckpt_root, keep)
     dist.barrier()
     return ckpt_root / tag
+
+
+def _crash_here_for_tests(step: int) -> None:
+    """Fault injection for the kill-during-save test: ``MIRAGE_CRASH_IN_SAVE=N`` SIGKILLs every rank
+    after DeepSpeed wrote the partial step-N checkpoint and before it becomes visible."""
+    if os.environ.get("MIRAGE_CRASH_IN_SAVE") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:

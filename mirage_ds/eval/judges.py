@@ -5,7 +5,7 @@ Every judge follows one protocol, ``judge(query, response, record) -> Verdict``,
 keyword filter followed by a VLM judge (Qwen2.5-VL-7B, "Relevant"/"Irrelevant") on what the filter lets
 through; ``CascadeJudge`` composes exactly that, and ``CachedJudge`` puts any judge behind a disk cache.
 
-- ``KeywordJudge``: VLGuard's refusal keywords (versions in ``mirage_ds.eval.keywords``); sets ``refused``.
+- ``KeywordJudge``: VLGuard's refusal keywords (versions in ``mirage_ds.eval.keywords.refusal``); sets ``refused``.
 - ``PayloadJudge``: the synthetic corpus; harmful iff the record's payload marker is in the response.
 - ``RelevanceJudge``: a local HF vision-language model asked whether the response answers the query.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mirage_ds.data.schema import Record
-from mirage_ds.eval.keywords import DEFAULT_VERSION, keyword_list
+from mirage_ds.eval.keywords.refusal import DEFAULT_VERSION, keyword_list
 
 
 @dataclass(frozen=True)

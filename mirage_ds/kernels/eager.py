@@ -20,14 +20,16 @@ NORMS: tuple[str, ...] = ("mean", "sum_d")
 
 
 def masked_sq_sum(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum over masked-in rows and D of (h - target)^2, accumulated in fp32.
+    """sum over masked-in rows and D of (h - target)^2, accumulated in fp32 (fp64 stays fp64).
 
-    h: [..., D] float; target: [D] (broadcast) or h's shape; mask: h.shape[:-1] bool. Returns a 0-dim fp32.
+    h: [..., D] float; target: [D] (broadcast) or h's shape; mask: h.shape[:-1] bool. Returns a 0-dim
+    tensor of dtype fp32, or fp64 for fp64 inputs (gradcheck).
     """
+    acc = torch.promote_types(h.dtype, torch.float32)
     # The mask is applied to the difference, before squaring, with where rather than a multiply:
     # 0 * NaN = NaN, so padding rows holding NaN/Inf would otherwise leak into the sum, and masking only the
     # square would still leak through its backward (d(x^2)/dx = 2x at x = NaN).
-    diff = torch.where(mask.unsqueeze(-1), h.float() - target.float(), 0.0)
+    diff = torch.where(mask.unsqueeze(-1), h.to(acc) - target.to(acc), 0.0)
     return (diff * diff).sum()
 
 
@@ -44,5 +46,5 @@ def normalise(total: torch.Tensor, mask: torch.Tensor, d: int, norm: str) -> tor
 
 
 def rmu_loss_eager(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm: str) -> torch.Tensor:
-    """h: [B, T, D]; target: [D] or [B, T, D]; mask: [B, T] bool. Returns a 0-dim fp32 loss."""
+    """h: [B, T, D]; target: [D] or [B, T, D]; mask: [B, T] bool. Returns a 0-dim fp32 (fp64) loss."""
     return normalise(masked_sq_sum(h, target, mask), mask, h.shape[-1], norm)

@@ -43,6 +43,7 @@ def _rmu_row_kernel(h_ptr, h_row_stride, t_ptr, t_row_stride, mask_ptr, count_pt
     tl.store(loss_ptr + row, tl.sum(acc, axis=0) * scale)
 
 
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # fp64 would be silently reduced in fp32
 INTERPRETED: bool = not isinstance(_rmu_row_kernel, triton.runtime.JITFunction)
 
 
@@ -102,6 +103,8 @@ def rmu_loss_triton(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, n
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
+    if h.dtype not in _DTYPES:
+        raise ValueError(f"kernel 'triton' takes fp32, bf16 or fp16 activations, got {h.dtype}")
     if torch.is_grad_enabled() and h.requires_grad:
         return _FusedRMULoss.apply(h, target, mask, norm)
     loss, _ = _launch(h, target, mask, norm, store_grad=False)

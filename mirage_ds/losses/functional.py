@@ -20,8 +20,12 @@ IGNORE_INDEX = -100
 LSE_CHUNK_ELEMENTS = 1 << 24
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # fp32 accumulation; fp64 stays fp64 (gradcheck)
+
+
 def _lse_fp32(rows: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(rows.float(), dim=-1)
+    return torch.logsumexp(rows.to(_acc_dtype(rows.dtype)), dim=-1)
 
 
 def _logsumexp_fp32(rows: torch.Tensor, chunk_elements: int) -> torch.Tensor:
@@ -40,7 +44,7 @@ def _logsumexp_fp32(rows: torch.Tensor, chunk_elements: int) -> torch.Tensor:
 
 def answer_token_logp(logits: torch.Tensor, labels: torch.Tensor, *,
                       chunk_elements: int = LSE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the answer tokens, in fp32.
+    """Log-probabilities of the answer tokens, in fp32 (fp64 logits stay fp64).
 
     logits: [B, T, V] (any float dtype); labels: [B, T] int, -100 outside the answer.
     Returns (token_logp [N] fp32, sequence index of each token [N] int64, answer tokens per sequence [B]),
@@ -58,7 +62,7 @@ def answer_token_logp(logits: torch.Tensor, labels: torch.Tensor, *,
     rows = logits[:, :-1][answer]
     targets = shift_labels[answer]
     batch_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(answer)[answer]
-    picked = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    picked = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(_acc_dtype(rows.dtype))
     return picked - _logsumexp_fp32(rows, chunk_elements), batch_index, answer.sum(dim=1)
 
 
