@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(func=_recipes)
 
     from mirage_ds.cli.data import add_data_commands
+    from mirage_ds.cli.evaluate import add_eval_commands
 
     add_data_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

@@ -130,7 +130,7 @@ class FirstWordTable:
             total = self.total(group)
             ax.barh([w or "<none>" for w, _ in top], [100.0 * c / total for _, c in top], color=colours.get(group, "#888888"))
             ax.set_title(f"{group} (n={total})")
-            ax.set_xgroup("% of queries starting with the word")
+            ax.set_xlabel("% of queries starting with the word")
             ax.set_xlim(0, 100)
         if title:
             fig.suptitle(title)
