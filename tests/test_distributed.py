@@ -46,12 +46,12 @@ def test_zero3_full_two_ranks_trains_and_exports(full_run: Path, tiny_path: Path
     _check_run(full_run)
     exported = LlavaForConditionalGeneration.from_pretrained(full_run / "export", local_files_only=True)
     base = LlavaForConditionalGeneration.from_pretrained(tiny_path, local_files_only=True)
-    e, b = exported.state_dict(), base.state_dict()
+    e, b = dict(exported.named_parameters()), dict(base.named_parameters())
     assert e.keys() == b.keys()
-    lm = "model.language_model.layers.0.mlp.down_proj.weight"
-    vision = "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
-    assert not torch.equal(e[lm], b[lm]), "language model did not train"
-    assert torch.equal(e[vision], b[vision]), "vision tower must stay frozen"
+    changed = {k for k in b if not torch.equal(e[k], b[k])}
+    assert any("language_model.layers" in k for k in changed), "language model did not train"
+    assert any("multi_modal_projector" in k for k in changed), "projector did not train"
+    assert not any("vision_tower" in k for k in changed), "vision tower must stay frozen"
 
 
 def test_zero3_lora_two_ranks_exports_peft_adapter_that_generates(lora_run: Path) -> None:

@@ -28,13 +28,16 @@ from mirage_ds.kernels import resolve_kernel, rmu_loss, rmu_loss_eager
 from mirage_ds.kernels.compiled import compile_available
 
 REPO = Path(__file__).resolve().parent.parent
-GRAD_OUT = 1.7  # backward with a non-unit grad_output checks the kernel's scaling of the stored gradient
+# Backward with grad_output 1.7 checks the kernel's in-place scaling of its stored gradient; 1.0 (a loss
+# with weight 1) takes the kernel's no-multiply shortcut.
+GRAD_OUTS = (1.7, 1.0)
 WIDE_D = 4096 + 37  # wider than the kernel's 4096 block: the column loop runs twice, the second partial
 
 CASES = [f"{dtype}-{target}-{norm}-{mask}-{d}"
          for dtype in ("fp32", "bf16") for target in ("forget", "retain") for norm in ("mean", "sum_d")
          for mask in ("ragged", "empty", "full") for d in (37,)]
 CASES += ["fp32-retain-sum_d-ragged-wide", "bf16-forget-mean-ragged-wide", "fp32-retain-mean-ragged-strided"]
+RUNS = [f"{case}@{GRAD_OUTS[0]}" for case in CASES] + [f"{case}@{GRAD_OUTS[1]}" for case in CASES[::5]]
 
 
 def make_case(case: str) -> dict[str, torch.Tensor | str]:
@@ -64,10 +67,10 @@ def make_case(case: str) -> dict[str, torch.Tensor | str]:
     return {"h": h, "target": target, "mask": mask, "norm": norm}
 
 
-def run_case(inputs: dict[str, torch.Tensor | str], kernel: str) -> dict[str, torch.Tensor]:
+def run_case(inputs: dict[str, torch.Tensor | str], kernel: str, grad_out: float) -> dict[str, torch.Tensor]:
     h = inputs["h"].detach().clone().requires_grad_()  # clone keeps the strides of the strided case
     loss = rmu_loss(h, inputs["target"], inputs["mask"], inputs["norm"], kernel)
-    (loss * GRAD_OUT).backward()
+    loss.backward(torch.tensor(grad_out))
     with torch.no_grad():
         loss_no_grad = rmu_loss(h, inputs["target"], inputs["mask"], inputs["norm"], kernel)
     return {"loss": loss.detach(), "grad": h.grad, "loss_no_grad": loss_no_grad}
@@ -84,9 +87,10 @@ def assert_matches(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], 
         torch.testing.assert_close(got["grad"].float(), want["grad"].float(), atol=1e-6, rtol=2**-6)
 
 
-def eager_reference(case: str) -> tuple[dict[str, torch.Tensor], torch.dtype]:
+def eager_reference(run: str) -> tuple[dict[str, torch.Tensor], torch.dtype]:
+    case, grad_out = run.split("@")
     inputs = make_case(case)
-    want = run_case(inputs, "eager")
+    want = run_case(inputs, "eager", float(grad_out))
     mask = inputs["mask"]
     assert torch.isfinite(want["grad"]).all() and not want["grad"][~mask].any()  # padding gets zero grad
     if not mask.any():
@@ -96,10 +100,10 @@ def eager_reference(case: str) -> tuple[dict[str, torch.Tensor], torch.dtype]:
 
 @pytest.fixture(scope="session")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, torch.Tensor]]:
-    """Triton kernel outputs for every case, computed by a child process under TRITON_INTERPRET=1."""
+    """Triton kernel outputs for every run, computed by a child process under TRITON_INTERPRET=1."""
     folder = tmp_path_factory.mktemp("triton_interpret")
     inputs, outputs = folder / "cases.pt", folder / "results.pt"
-    torch.save({case: make_case(case) for case in CASES}, inputs)
+    torch.save({run: make_case(run.split("@")[0]) for run in RUNS}, inputs)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, __file__, str(inputs), str(outputs)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -107,16 +111,17 @@ def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     return torch.load(outputs)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_triton_interpreted_matches_eager(case: str, interpreted: dict[str, dict[str, torch.Tensor]]) -> None:
-    want, dtype = eager_reference(case)
-    assert_matches(interpreted[case], want, dtype)
+@pytest.mark.parametrize("run", RUNS)
+def test_triton_interpreted_matches_eager(run: str, interpreted: dict[str, dict[str, torch.Tensor]]) -> None:
+    want, dtype = eager_reference(run)
+    assert_matches(interpreted[run], want, dtype)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_compiled_matches_eager(case: str) -> None:
-    want, dtype = eager_reference(case)
-    assert_matches(run_case(make_case(case), "compile"), want, dtype)
+@pytest.mark.parametrize("run", RUNS)
+def test_compiled_matches_eager(run: str) -> None:
+    want, dtype = eager_reference(run)
+    case, grad_out = run.split("@")
+    assert_matches(run_case(make_case(case), "compile", float(grad_out)), want, dtype)
 
 
 def test_interpreter_child_ran_the_triton_kernel(interpreted: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -147,9 +152,9 @@ def test_triton_cuda_matches_eager(dtype: torch.dtype, norm: str) -> None:
     h = torch.randn(4, 512, 4096, device="cuda", generator=g).to(dtype).requires_grad_()
     mask = torch.rand(4, 512, device="cuda", generator=g) > 0.3
     for target in (torch.rand(4096, device="cuda", generator=g), torch.randn_like(h).detach()):
-        got = run_case({"h": h, "target": target, "mask": mask, "norm": norm}, "triton")
-        want = run_case({"h": h, "target": target, "mask": mask, "norm": norm}, "eager")
-        assert_matches(got, want, dtype)
+        inputs = {"h": h, "target": target, "mask": mask, "norm": norm}
+        for grad_out in GRAD_OUTS:
+            assert_matches(run_case(inputs, "triton", grad_out), run_case(inputs, "eager", grad_out), dtype)
 
 
 def _interpreted_child(inputs: Path, outputs: Path) -> None:
@@ -157,12 +162,13 @@ def _interpreted_child(inputs: Path, outputs: Path) -> None:
     from mirage_ds.kernels import triton_rmu
 
     cases = torch.load(inputs)
-    results: dict[str, dict[str, torch.Tensor]] = {case: run_case(args, "triton") for case, args in cases.items()}
+    results: dict[str, dict[str, torch.Tensor]] = {
+        run: run_case(args, "triton", float(run.split("@")[1])) for run, args in cases.items()}
     h = torch.randn(2, 3, 8, requires_grad=True)
     loss = rmu_loss(h, torch.ones(8), torch.ones(2, 3, dtype=torch.bool), "mean", kernel="triton")
-    loss.backward(retain_graph=True)
+    (2 * loss).backward(retain_graph=True)
     try:
-        loss.backward()
+        (2 * loss).backward()
         refused = False
     except RuntimeError:
         refused = True

@@ -1,7 +1,8 @@
-"""Sweeps through a real single-node Slurm: `slurm/submit` -> job array -> `slurm/sweep.sh` -> DeepSpeed.
+"""Sweeps through a real Slurm: `slurm/submit` -> job array -> `slurm/sweep.sh` -> DeepSpeed.
 
-Each task runs one rank (MIRAGE_RANKS_PER_NODE=1): two ranks per run are covered by test_distributed and
-test_multinode; here the subject is the array, the per-task outputs and preemption through Slurm.
+The single-node cluster of design.md, plus a two-node one on this machine for the `srun` path. Each node
+runs one rank (MIRAGE_RANKS_PER_NODE=1): two ranks on one node are covered by test_distributed; here the
+subject is the array, the per-task outputs, multi-node launch and preemption through Slurm.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 from conftest import REPO
 from launch import metrics
 from mirage_ds.sweep import expand, load_sweep
-from slurm_cluster import Cluster, slurm_cluster  # noqa: F401  (the session fixture)
+from slurm_cluster import Cluster, slurm_cluster, slurm_two_nodes  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.slurm
 
@@ -28,9 +29,9 @@ def _sweep_file(tmp_path: Path, **data: object) -> Path:
     return path
 
 
-def _submit(cluster: Cluster, sweep: Path) -> str:
-    # --exclusive: one task at a time gets the whole (2-core) node, instead of tasks sharing it slower.
-    proc = subprocess.run(["slurm/submit", str(sweep), "--parsable", "--exclusive"], cwd=REPO, capture_output=True,
+def _submit(cluster: Cluster, sweep: Path, *sbatch: str) -> str:
+    # --exclusive: one task at a time gets whole nodes (2 cores here), instead of tasks sharing them slower.
+    proc = subprocess.run(["slurm/submit", str(sweep), "--parsable", "--exclusive", *sbatch], cwd=REPO, capture_output=True,
                           text=True, env={**cluster.env, "MIRAGE_RANKS_PER_NODE": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
@@ -43,11 +44,21 @@ def _tasks(cluster: Cluster, job: str) -> dict[str, dict[str, str]]:
     return {f"{r['ArrayJobId']}_{r['ArrayTaskId']}": r for r in records if "ArrayJobId" in r}
 
 
-def _wait_gone(cluster: Cluster, job: str, timeout: float) -> None:
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def _wait_state(cluster: Cluster, job: str, tasks: int, states: set[str], timeout: float,
+                restarts: str | None = None) -> dict[str, dict[str, str]]:
+    """Poll until all ``tasks`` array tasks are in ``states`` (and have requeued ``restarts`` times)."""
     deadline = time.monotonic() + timeout
-    while cluster.run("squeue", "-h", "-j", job, check=False).stdout.strip():
-        assert time.monotonic() < deadline, f"job {job} still queued after {timeout:.0f}s"
-        time.sleep(1)
+    while True:
+        records = _tasks(cluster, job)
+        if len(records) == tasks and all(r["JobState"] in states and restarts in (None, r["Restarts"]) for r in records.values()):
+            return records
+        ended = {key: r["JobState"] for key, r in records.items() if r["JobState"] in FINAL_STATES - states}
+        assert not ended, f"job {job} ended {ended} while waiting for {sorted(states)}"
+        assert time.monotonic() < deadline, f"job {job} not in {sorted(states)} after {timeout:.0f}s: {records}"
+        time.sleep(0.5)
 
 
 def _slurm_log(out_dir: Path, job: str, task: int) -> str:
@@ -58,13 +69,12 @@ def test_two_by_two_sweep_runs_every_task(slurm_cluster: Cluster, tmp_path: Path
                                           tiny_path: Path) -> None:
     sweep = _sweep_file(tmp_path, name="grid", recipes=["sft_lora"], grid={"optim.lr": [1.0e-3, 3.0e-3]},
                         seeds=[0, 1], overrides={"max_steps": 2, "micro_batch_size": 2})
+    tasks = expand(load_sweep(sweep))
     job = _submit(slurm_cluster, sweep)
     try:
-        _wait_gone(slurm_cluster, job, 600)
+        records = _wait_state(slurm_cluster, job, len(tasks), FINAL_STATES, 600)
     finally:
         slurm_cluster.run("scancel", job, check=False)
-    tasks = expand(load_sweep(sweep))
-    records = _tasks(slurm_cluster, job)
     assert sorted(records) == [f"{job}_{t.index}" for t in tasks]
     for task in tasks:
         out = Path(task.output_dir)
@@ -81,21 +91,25 @@ def test_two_by_two_sweep_runs_every_task(slurm_cluster: Cluster, tmp_path: Path
     # The sweep seam (MIRAGE_SWEEP_NAME / MIRAGE_SWEEP_TASK): every task is a child of one MLflow parent run.
     from mirage_ds.mlflow_tracker import attached_run
 
-    runs = [attached_run(Path(task.output_dir)) for task in tasks]
-    assert all(run is not None for run in runs)
-    tags = [client.get_run(run_id).data.tags for client, run_id in runs]  # type: ignore[misc]
+    runs = [run for run in (attached_run(Path(task.output_dir)) for task in tasks) if run is not None]
+    assert len(runs) == len(tasks)
+    tags = [client.get_run(run_id).data.tags for client, run_id in runs]
     assert [t["mirage.sweep_task"] for t in tags] == [str(task.index) for task in tasks]
     assert len({t["mlflow.parentRunId"] for t in tags}) == 1
-    client = runs[0][0]  # type: ignore[index]
-    assert client.get_run(tags[0]["mlflow.parentRunId"]).data.tags["mirage.sweep_parent"] == "grid"
+    assert runs[0][0].get_run(tags[0]["mlflow.parentRunId"]).data.tags["mirage.sweep_parent"] == "grid"
 
 
-def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster: Cluster, tmp_path: Path,
-                                                                    synthetic_corpus: Path, tiny_path: Path) -> None:
-    steps = 12
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(nodes: int, request: pytest.FixtureRequest,
+                                                                    tmp_path: Path, synthetic_corpus: Path,
+                                                                    tiny_path: Path) -> None:
+    """USR1 to the batch script reaches the ranks (through srun on 2 nodes), the task requeues and resumes."""
+    cluster: Cluster = request.getfixturevalue("slurm_cluster" if nodes == 1 else "slurm_two_nodes")
+    # Steps take ~0.15 s here: 40 leave a few seconds between the first logged steps and the end.
+    steps = 40
     sweep = _sweep_file(tmp_path, name="preempt", recipes=["sft_lora"], overrides={"max_steps": steps, "micro_batch_size": 2})
     out = Path(expand(load_sweep(sweep))[0].output_dir)
-    job = _submit(slurm_cluster, sweep)
+    job = _submit(cluster, sweep, f"--nodes={nodes}")
     task = f"{job}_0"
     try:
         deadline = time.monotonic() + 300
@@ -103,25 +117,28 @@ def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm_cluste
             assert time.monotonic() < deadline, f"no training steps logged in {out}"
             time.sleep(0.2)
         # What Slurm does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch script only.
-        slurm_cluster.run("scancel", "--batch", "--signal=USR1", task)
-        deadline = time.monotonic() + 300
-        while _tasks(slurm_cluster, job).get(task, {}).get("Restarts") != "1":
-            assert time.monotonic() < deadline, f"{task} was not requeued:\n{_slurm_log(out, job, 0)}"
-            time.sleep(0.5)
+        cluster.run("scancel", "--batch", "--signal=USR1", task)
+        _wait_state(cluster, job, 1, {"PENDING"}, 300, restarts="1")
         # Slurm holds a requeued job for ~120 s (BeginTime); start it now to keep the test short.
-        slurm_cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now", check=False)
-        _wait_gone(slurm_cluster, job, 600)
+        cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+        record = _wait_state(cluster, job, 1, FINAL_STATES, 600)[task]
     finally:
-        slurm_cluster.run("scancel", job, check=False)
+        cluster.run("scancel", job, check=False)
 
     batch_log = _slurm_log(out, job, 0)
-    first, second = (out / "logs" / "attempt0-node0.log").read_text(), (out / "logs" / "attempt1-node0.log").read_text()
-    record = _tasks(slurm_cluster, job)[task]
-    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), batch_log + second[-3000:]
+    logs = {p.name: p.read_text() for p in (out / "logs").glob("attempt*.log")}
+    assert sorted(logs) == sorted(f"attempt{a}-node{n}.log" for a in (0, 1) for n in range(nodes)), batch_log
+    detail = batch_log + logs["attempt1-node0.log"][-3000:]
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), detail
+    assert f"on {nodes} node(s)" in batch_log
     assert f"preempted after a checkpoint; requeueing {task}" in batch_log
-    assert "stop forwarded to the ranks as USR1" in first and "launcher exited with 3" in first
-    resumed = re.search(r"resumed from \S+ at step (\d+)", second)
-    assert resumed is not None, second[-3000:]
+    for node in range(nodes):
+        first = logs[f"attempt0-node{node}.log"]
+        assert "stop forwarded to the ranks as USR1" in first and "launcher exited with 3" in first, first[-3000:]
+    resumed = re.search(r"resumed from \S+ at step (\d+)", logs["attempt1-node0.log"])
+    assert resumed is not None, detail
     assert 2 <= int(resumed.group(1)) < steps
     assert [row["step"] for row in metrics(out)] == list(range(1, steps + 1))
+    final = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert len(list(final.glob("rank*.json"))) == nodes, "one rank per node"
     assert (out / "export" / "adapter_config.json").is_file()

@@ -128,7 +128,10 @@ def _share(p: Parsed) -> tuple[list[Rewrite], list[Rewrite]]:
     q = p.body
     clause = embedded_clause(q)
     if clause:
-        specific = [Rewrite(f"Share {clause}.", "embedded"), Rewrite(f"Share your thoughts on {clause}.", "thoughts")]
+        specific = [
+            Rewrite(f"Share {clause}.", "embedded"),
+            Rewrite(f"Share your thoughts on {clause}.", "thoughts"),
+        ]
     generic = [
         Rewrite(f"Share your answer to this question: {q}?", "answer-to"),
         Rewrite(f"Share your thoughts on this question: {q}?", "thoughts-on"),
@@ -233,7 +236,15 @@ def attack_queries(
 
 
 # The first instr-resp field of a K-shot record says which VLGuard subset its query belongs to.
-_KSHOT_FIELDS: dict[str, tuple[Subset, bool]] = {"instruction": ("unsafes", False), "safe_instruction": ("safe_safes", True)}
+_KSHOT_FIELDS: dict[str, tuple[Subset, bool]] = {
+    "instruction": ("unsafes", False),
+    "safe_instruction": ("safe_safes", True),
+}
+_VLGUARD_FIELDS: tuple[tuple[str, Subset], ...] = (
+    ("instruction", "unsafes"),
+    ("safe_instruction", "safe_safes"),
+    ("unsafe_instruction", "safe_unsafes"),
+)
 
 
 def _kshot_instruction(entry: dict, where: str) -> tuple[str, Subset, bool]:
@@ -254,7 +265,7 @@ def _originals(path: Path) -> dict[str, dict[Subset, str | None]]:
         rid = require(entry, "id", where)
         found: dict[Subset, str | None] = {}
         for pair in require(entry, "instr-resp", where, list):
-            for name, subset in (("instruction", "unsafes"), ("safe_instruction", "safe_safes"), ("unsafe_instruction", "safe_unsafes")):
+            for name, subset in _VLGUARD_FIELDS:
                 if isinstance(pair, dict) and name in pair:
                     found[subset] = pair[name]
         if rid in table:
@@ -263,7 +274,9 @@ def _originals(path: Path) -> dict[str, dict[Subset, str | None]]:
     return table
 
 
-def load_kshot(path: str | Path, *, shots: int | None = None, originals: str | Path | None = None) -> list[AttackQuery]:
+def load_kshot(
+    path: str | Path, *, shots: int | None = None, originals: str | Path | None = None
+) -> list[AttackQuery]:
     """The paper's K-shot file (``test_what_3shot.json``, ``test_share_1shot.json``) as grouped queries.
 
     The records of one query are consecutive and share ``id``; groups are taken as they stand and never
@@ -295,7 +308,9 @@ def load_kshot(path: str | Path, *, shots: int | None = None, originals: str | P
         rid = members[0]["id"]
         where = f"{path}: record {start} (id {rid!r})"
         if len(members) != size:
-            raise DataError(f"{where}: a group of {len(members)} consecutive records, expected {size} shots per query")
+            raise DataError(
+                f"{where}: a group of {len(members)} consecutive records, expected {size} shots per query"
+            )
         texts, subsets = [], set()
         for offset, entry in enumerate(members):
             text, subset, safe = _kshot_instruction(entry, f"{path}: record {start + offset} (id {rid!r})")

@@ -231,7 +231,9 @@ class CascadeJudge:
         if first.refused:
             return Verdict(judge=judge_id(self), refused=True, harmful=False, evidence=first.evidence)
         second = self.harm.judge(query, response, record)
-        return Verdict(judge=judge_id(self), refused=first.refused, harmful=second.harmful, evidence=second.evidence)
+        return Verdict(
+            judge=judge_id(self), refused=first.refused, harmful=second.harmful, evidence=second.evidence
+        )
 
     def record_key(self, record: Record | None) -> str:
         return self.refusal.record_key(record) + "\x1f" + self.harm.record_key(record)

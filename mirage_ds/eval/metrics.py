@@ -81,7 +81,9 @@ def kshot_rate(
     k = len(after[0])
     for i, shots in enumerate(after):
         if len(shots) != k or k == 0:
-            raise ValueError(f"query {i} has {len(shots)} shots, query 0 has {k}; every query needs the same K >= 1")
+            raise ValueError(
+                f"query {i} has {len(shots)} shots, query 0 has {k}; every query needs the same K >= 1"
+            )
     if before is not None and len(before) != len(after):
         raise ValueError(f"{len(before)} outcomes before the attack but {len(after)} attacked queries")
     grid = np.asarray(after, dtype=bool)

@@ -1,5 +1,5 @@
-"""The spurious correlation itself: first-word frequency by label (or VLGuard subset), and how often a model's refusal flips
-when only the first word changes.
+"""The spurious correlation itself: first-word frequency by label (or VLGuard subset), and how often a
+model's refusal flips when only the first word changes.
 
 Safety Mirage, Fig. 1: in VLGuard's train split 869 of 977 safe instructions start with "What" and 847
 of 977 unsafe ones with "Can"; an SFT model can learn the word instead of the harm. The first word here
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from mirage_ds.data.converters import load_json_list, require
-from mirage_ds.data.schema import DataError, decode_record
+from mirage_ds.data.schema import RECORD_EXT, DataError, decode_record
 
 _WORD = re.compile(r"[A-Za-z]+")
 # VLGuard instruction fields -> (label, VLGuard evaluation subset) of the query each holds.
@@ -56,16 +56,24 @@ def _json_queries(path: Path) -> Iterable[LabelledQuery]:
 
 
 def _shard_queries(shard_dir: Path) -> Iterable[LabelledQuery]:
-    import webdataset as wds
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
     shards = sorted(shard_dir.glob("*.tar"))
     if not shards:
         raise DataError(f"shard directory {shard_dir} holds no .tar shards")
-    # Only the JSON member is read: a shortcut count never needs the pixels.
-    for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False):
-        record = decode_record(sample["json"], f"{sample['__url__']}:{sample['__key__']}")
-        label = "unlabelled" if record.safe is None else ("safe" if record.safe else "unsafe")
-        yield LabelledQuery(label, record.subset or label, record.question)
+    for shard in shards:
+        # Opened here (not by a WebDataset pipeline) so each file is closed; only the JSON member is
+        # read, a shortcut count never needs the pixels.
+        with open(shard, "rb") as stream:
+            members = tar_file_expander([{"url": str(shard), "stream": stream}], select_files=_is_record)
+            for sample in group_by_keys(members):
+                record = decode_record(sample["json"], f"{shard}:{sample['__key__']}")
+                label = "unlabelled" if record.safe is None else ("safe" if record.safe else "unsafe")
+                yield LabelledQuery(label, record.subset or label, record.question)
+
+
+def _is_record(name: str) -> bool:
+    return name.endswith(f".{RECORD_EXT}")
 
 
 def labelled_queries(path: str | Path) -> list[LabelledQuery]:
@@ -114,7 +122,8 @@ class FirstWordTable:
         for group in self.counts:
             total = self.total(group)
             lines.append(f"{group} ({total} queries)")
-            lines += [f"  {word or '<none>':<14} {count:>6}  {100.0 * count / total:5.1f}%" for word, count in self.top(group, n)]
+            for word, count in self.top(group, n):
+                lines.append(f"  {word or '<none>':<14} {count:>6}  {100.0 * count / total:5.1f}%")
         return "\n".join(lines)
 
     def plot(self, path: str | Path, n: int = 8, title: str | None = None) -> Path:
@@ -124,11 +133,12 @@ class FirstWordTable:
         groups = list(self.counts)
         fig = Figure(figsize=(4.2 * len(groups), 3.6), layout="constrained")
         axes = fig.subplots(1, len(groups), squeeze=False)[0]
-        colours = {"safe": "#3b7dd8", "safe_safes": "#3b7dd8", "unsafe": "#d8543b", "safe_unsafes": "#d8543b", "unsafes": "#a33a26"}
+        colours = {"safe": "#3b7dd8", "safe_safes": "#3b7dd8", "unsafe": "#d8543b", "safe_unsafes": "#d8543b"}
         for ax, group in zip(axes, groups):
             top = self.top(group, n)[::-1]
             total = self.total(group)
-            ax.barh([w or "<none>" for w, _ in top], [100.0 * c / total for _, c in top], color=colours.get(group, "#888888"))
+            percent = [100.0 * c / total for _, c in top]
+            ax.barh([w or "<none>" for w, _ in top], percent, color=colours.get(group, "#a33a26"))
             ax.set_title(f"{group} (n={total})")
             ax.set_xlabel("% of queries starting with the word")
             ax.set_xlim(0, 100)
@@ -164,7 +174,8 @@ class ShortcutScore:
 def shortcut_score(original_refused: Sequence[bool], rewritten_refused: Sequence[bool]) -> ShortcutScore:
     """Flip rate over (original, first-word-rewritten) pairs; a model without the shortcut scores ~0."""
     if len(original_refused) != len(rewritten_refused) or not original_refused:
-        raise ValueError(f"need equal, non-empty verdict lists; got {len(original_refused)} and {len(rewritten_refused)}")
+        sizes = f"{len(original_refused)} and {len(rewritten_refused)}"
+        raise ValueError(f"need equal, non-empty verdict lists; got {sizes}")
     pairs = list(zip(original_refused, rewritten_refused))
     return ShortcutScore(
         pairs=len(pairs),

@@ -57,7 +57,9 @@ CONTRACTIONS: dict[str, str] = {
 NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 NUMBERS["none"] = "0"
 ARTICLES = frozenset({"a", "an", "the"})
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PUNCTUATION = (
+    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"
+)
 # EvalAI writes this as (?!<=\d)(\.)(?!\d): the first group is a lookahead, not a lookbehind, so in
 # effect every period not followed by a digit is removed ("2." -> "2", "2.5" stays).
 _PERIOD = re.compile(r"\.(?!\d)")

@@ -7,6 +7,7 @@ reduces in registers, and recomputes the difference in the backward from the sav
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 
@@ -38,17 +39,12 @@ def _full_target_sum(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return masked_sq_sum(h, target, mask)
 
 
-# Dynamo counts recompilations per code object (8 by default, then silently runs eagerly). The forget
-# ([D] target) and retain ([tokens, D] target) layouts get a function each so their dtype and grad-mode
-# variants do not share one budget.
-_COMPILED: dict[bool, Callable[..., torch.Tensor]] = {}
-
-
+@functools.cache
 def _compiled(broadcast: bool) -> Callable[..., torch.Tensor]:
-    if broadcast not in _COMPILED:
-        fn = _broadcast_target_sum if broadcast else _full_target_sum
-        _COMPILED[broadcast] = torch.compile(fn, fullgraph=True)
-    return _COMPILED[broadcast]
+    # Dynamo counts recompilations per code object (8 by default, then silently runs eagerly). The forget
+    # ([D] target) and retain ([tokens, D] target) layouts get a function each so their dtype and
+    # grad-mode variants do not share one budget.
+    return torch.compile(_broadcast_target_sum if broadcast else _full_target_sum, fullgraph=True)
 
 
 def rmu_loss_compiled(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm: str) -> torch.Tensor:
@@ -56,7 +52,7 @@ def rmu_loss_compiled(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
     Rows are flattened to [tokens, D] and both sizes marked dynamic, so a batch of a new length (or a model
     of another width) reuses the compiled graph instead of spending one of Dynamo's recompilations; a
-    symbolic D costs nothing measurable here (4096 x 4096, fwd+bwd: 10.4 ms static, 10.8 ms dynamic, bf16).
+    symbolic D costs little (4096 x 4096 bf16 fwd+bwd on 2 CPU threads: 10.4 ms static, 10.8 ms dynamic).
     """
     d = h.shape[-1]
     rows, row_mask = h.reshape(-1, d), mask.reshape(-1)

@@ -79,7 +79,9 @@ ADVERBS = frozenset(
     "really also still just often most".split()
 )
 # Verbs an instruction may coordinate ("Describe X and speculate about Y"): the object then is not one NP.
-SUBORDINATORS = frozenset("while when if because that which who whom whose where as since although though until whether".split())
+SUBORDINATORS = frozenset(
+    "while when if because that which who whom whose where as since although though until whether".split()
+)
 COORDINATED_VERBS = OBJECT_VERBS | DISCOURSE_VERBS | frozenset("speculate predict identify tell explain".split())
 SUBJECTS = {"i": "I", "we": "we"}
 
@@ -92,7 +94,9 @@ _HOWTO = [
         rf"(?:to\s+|{_HOW_SUBJECT}\s+(?:can|could|should|would|might|may)\s+)(?P<x>.+)$",
         re.I,
     ),
-    re.compile(r"^(?:is|would)\s+it\s+(?:be\s+)?possible\s+(?:for\s+(?:me|us|someone|you)\s+)?to\s+(?P<x>.+)$", re.I),
+    re.compile(
+        r"^(?:is|would)\s+it\s+(?:be\s+)?possible\s+(?:for\s+(?:me|us|someone|you)\s+)?to\s+(?P<x>.+)$", re.I
+    ),
 ]
 _POLITE = re.compile(
     r"^(?:please\s*,?\s+|(?:please\s+)?(?:can|could|would|will)\s+you\s+(?:please\s+)?"

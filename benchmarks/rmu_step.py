@@ -1,0 +1,127 @@
+"""RMU step time with the truncated forward vs the full forward, and NPO-LoRA peak memory with the
+adapter-disabled reference vs a frozen copy, each measured side by side in one run.
+
+    .venv/bin/python benchmarks/rmu_step.py [--layers 16] [--hidden 256] [--steps 6] [--batch 4]
+
+Both parts use the project's own losses (RMULoss, NPOLoss) on a LLaVA built from config; the model is
+larger than the embedded default so that "l = depth/4" means something (16 layers: l = 4). Memory is
+the peak RSS of a fresh subprocess per variant (torch's CPU allocations are invisible to tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from mirage_ds.config import LoraSpec, ModelConfig, TinyModelSpec
+from mirage_ds.data.images import placeholder_png
+from mirage_ds.data.preprocess import Preprocessor
+from mirage_ds.data.schema import Record, Turn
+from mirage_ds.data.streamer import collate_padded
+from mirage_ds.data.template import Template
+from mirage_ds.engine.loop import restrict_trainable
+from mirage_ds.engine.reference import Reference, _forward
+from mirage_ds.losses.base import LossContext
+from mirage_ds.losses.npo import NPOConfig, NPOLoss
+from mirage_ds.losses.rmu import RMUConfig, RMULoss
+from mirage_ds.model import build_model, load_model
+
+
+def spec(args: argparse.Namespace) -> TinyModelSpec:
+    return TinyModelSpec(text_layers=args.layers, text_hidden=args.hidden, text_intermediate=args.hidden * 4,
+                         text_heads=max(4, args.hidden // 64))
+
+
+def batches(bundle, n: int) -> dict:
+    pre = Preprocessor(Template(bundle.tokenizer, bundle.n_image_tokens, 512), bundle.image_processor, True)
+    out = {}
+    for role in ("forget", "retain"):
+        samples = []
+        for i in range(n):
+            record = Record(id=f"{role}{i}", role=role, source="synthetic", turns=[
+                Turn(role="user", text=f"Can you explain step {i} of the process in the picture in detail?"),
+                Turn(role="assistant", text="Sure. First gather the parts, then assemble them carefully. " * 3)])
+            samples.append(pre.train_example(record, placeholder_png(record.id), record.id))
+        out[role] = collate_padded(bundle.tokenizer.pad_token_id)(samples)
+    return out
+
+
+def rmu_step_time(args: argparse.Namespace, truncate: bool) -> float:
+    cfg = ModelConfig(embedded=spec(args))
+    bundle = build_model(cfg)
+    layer = args.layers // 4
+    loss_fn = RMULoss(RMUConfig(layer=layer, truncate=truncate, kernel="eager"), cfg)
+    restrict_trainable(bundle.model, loss_fn.needs.trainable)
+    frozen = load_model(bundle.path, cfg).eval().requires_grad_(False)
+    ctx = LossContext(reference=Reference(lambda b: _forward(frozen, b, layer, truncate), frozen))
+    optimizer = torch.optim.AdamW([p for p in bundle.model.parameters() if p.requires_grad], lr=1e-4)
+    data = batches(bundle, args.batch)
+    times = []
+    for _ in range(args.steps + 1):
+        start = time.perf_counter()
+        loss_fn(bundle.model, data, ctx).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])  # the first step pays one-time costs
+
+
+def npo_peak_rss(args: argparse.Namespace, variant: str) -> None:
+    """Child process: one NPO-LoRA step; prints peak RSS in MiB."""
+    cfg = ModelConfig(embedded=spec(args), lora=LoraSpec(r=8, alpha=16))
+    bundle = build_model(cfg)
+    if variant == "adapters-off":
+        peft_model = bundle.model
+
+        def run(batch: dict) -> dict:
+            with peft_model.disable_adapter():
+                return _forward(peft_model, batch, None, False)
+
+        reference = Reference(run, peft_model)
+    else:
+        frozen = load_model(bundle.path, cfg).eval().requires_grad_(False)
+        reference = Reference(lambda batch: _forward(frozen, batch, None, False), frozen)
+    loss_fn = NPOLoss(NPOConfig.model_validate({"preset": "paper"}), cfg)
+    loss_fn(bundle.model, batches(bundle, args.batch), LossContext(reference=reference)).loss.backward()
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--npo-child", choices=["adapters-off", "frozen-copy"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.npo_child:
+        npo_peak_rss(args, args.npo_child)
+        return
+
+    full = rmu_step_time(args, truncate=False)
+    truncated = rmu_step_time(args, truncate=True)
+    print(f"RMU step, {args.layers} layers, hidden {args.hidden}, l = {args.layers // 4}, batch {args.batch} forget + {args.batch} retain")
+    print(f"  full forward      : {1000 * full:8.1f} ms")
+    print(f"  truncated forward : {1000 * truncated:8.1f} ms")
+    print(f"  ratio truncated / full: {truncated / full:.2f}")
+
+    peaks = {}
+    for variant in ("adapters-off", "frozen-copy"):
+        cmd = [sys.executable, __file__, "--npo-child", variant, "--layers", str(args.layers), "--hidden", str(args.hidden),
+               "--batch", str(args.batch)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        peaks[variant] = json.loads(out)["peak_rss_mib"]
+    print("NPO-LoRA one step, peak RSS of a fresh process")
+    print(f"  adapters disabled as reference : {peaks['adapters-off']:8.1f} MiB")
+    print(f"  separate frozen copy           : {peaks['frozen-copy']:8.1f} MiB")
+    print(f"  ratio adapters-off / frozen copy: {peaks['adapters-off'] / peaks['frozen-copy']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One node's share of a training run: the DeepSpeed launcher for this node's ranks.
+#
+#   slurm/node.sh --recipe NAME [key=value ...]        (the arguments after launcher/run.py)
+#
+# slurm/sweep.sh runs it directly on a one-node allocation and through `srun` (one per node) otherwise;
+# tests/test_multinode.py runs it twice on one machine. Environment (all optional):
+#   MIRAGE_NNODES (1)  MIRAGE_NODE_RANK (SLURM_NODEID, else 0)  MIRAGE_RANKS_PER_NODE (1)
+#   MIRAGE_MASTER_ADDR (127.0.0.1)  MIRAGE_MASTER_PORT (29500)  MIRAGE_PYTHON (.venv/bin/python, else python3)
+#   MIRAGE_LOG_PREFIX: when set, this node's output goes to ${MIRAGE_LOG_PREFIX}node<rank>.log
+#
+# Preemption: USR1 here is forwarded to the rank processes. The ranks finish the step, checkpoint and exit
+# 3. The DeepSpeed launcher processes must survive it: USR1's default action would kill them and orphan the
+# ranks (and TERM makes them kill the ranks, checkpoint or not), so they run with USR1 ignored.
+# Exit status: the launcher's (0 finished, 3 preempted and resumable, 2 bad config, other = failed).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+nnodes=${MIRAGE_NNODES:-1}
+node_rank=${MIRAGE_NODE_RANK:-${SLURM_NODEID:-0}}
+ranks=${MIRAGE_RANKS_PER_NODE:-1}
+master_addr=${MIRAGE_MASTER_ADDR:-127.0.0.1}
+master_port=${MIRAGE_MASTER_PORT:-29500}
+py=${MIRAGE_PYTHON:-}
+if [ -z "$py" ]; then
+  if [ -x "$repo/.venv/bin/python" ]; then py=$repo/.venv/bin/python; else py=$(command -v python3); fi
+fi
+if [ -n "${MIRAGE_LOG_PREFIX:-}" ]; then
+  mkdir -p "$(dirname "${MIRAGE_LOG_PREFIX}x")"
+  exec >>"${MIRAGE_LOG_PREFIX}node${node_rank}.log" 2>&1
+fi
+
+launch=("$py" -u -m deepspeed.launcher.runner --num_gpus "$ranks" --master_port "$master_port")
+if [ "$nnodes" -gt 1 ]; then
+  # --no_ssh: every node starts its own launcher (here, from srun) instead of node 0 reaching the others
+  # over pdsh/ssh. The runner still needs a hostfile to know the world: one line per node, in node-rank
+  # order; the names only label the nodes, since nothing connects to them by name.
+  hostfile=$(mktemp "${TMPDIR:-/tmp}/mirage-hostfile.XXXXXX")
+  trap 'rm -f "$hostfile"' EXIT
+  for ((i = 0; i < nnodes; i++)); do echo "node$i slots=$ranks"; done >"$hostfile"
+  launch+=(--hostfile "$hostfile" --no_ssh --node_rank "$node_rank" --master_addr "$master_addr")
+fi
+
+echo "node.sh: node $node_rank/$nnodes, $ranks rank(s), master $master_addr:$master_port, $(date -Is)"
+# Started with USR1 ignored, which exec keeps: the runner and the per-node launcher never die of it, and a
+# rank ignores it until the training loop installs its handler. This matters under srun, whose forwarded
+# signals reach every process of the step, not only this script.
+trap '' USR1
+"${launch[@]}" launcher/run.py "$@" &
+runner=$!
+
+# The ranks are the children of the per-node `deepspeed.launcher.launch` process, itself a child of the
+# runner started above. Matching by parent (not by command line) skips data-loader workers, which carry
+# their rank's command line.
+forward_stop() {
+  local launcher rank
+  for launcher in $(pgrep -P "$runner" -f deepspeed.launcher.launch || true); do
+    for rank in $(pgrep -P "$launcher" || true); do
+      kill -USR1 "$rank" 2>/dev/null || true
+    done
+  done
+  echo "node.sh: stop forwarded to the ranks as USR1, $(date -Is)"
+}
+trap forward_stop USR1
+
+# `wait` returns early (status > 128) each time a trapped signal arrives; keep waiting until the runner
+# has really exited, then its status is the node's status.
+while :; do
+  status=0
+  wait "$runner" || status=$?
+  kill -0 "$runner" 2>/dev/null || break
+done
+echo "node.sh: launcher exited with $status, $(date -Is)"
+exit "$status"
