@@ -1,6 +1,6 @@
 """MLflow tracking from rank 0, which never stops training when the server is away.
 
-Everything (params, metrics, tags, artifacts) is queued locally and delivered in batches. If a delivery
+Everything (params, metrics including system load, tags, artifacts) is queued locally and delivered in batches. If a delivery
 fails the run goes on with one warning; the queue is retried every ``retry_s`` seconds and at the end, so
 nothing is lost while the server is down (``metrics.jsonl`` beside it is the local record either way).
 
@@ -53,7 +53,6 @@ class MlflowTracker:
         self.artifacts: list[tuple[Path, str | None]] = []
         self._last_attempt = 0.0
         self._warned = False
-        self._monitor: Any = None
         self._flush()
 
     # -- Tracker protocol --------------------------------------------------------------------------
@@ -65,7 +64,8 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.metrics += [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        if self.run_id is not None or time.time() - self._last_attempt >= self.retry_s:
+        # While the server is away, retry only every retry_s seconds: a step must not wait on the network.
+        if not self._warned or time.time() - self._last_attempt >= self.retry_s:
             self._flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -73,12 +73,10 @@ class MlflowTracker:
         self._flush()
 
     def close(self, status: str = "FINISHED") -> None:
-        for attempt in range(3):
-            if self._flush(force=True):
-                break
-            time.sleep(2.0 * (attempt + 1))
-        if self._monitor is not None:
-            self._monitor.finish()
+        # Last chance to deliver the queue: keep trying for a while (a server restart takes seconds).
+        deadline = time.time() + max(30.0, 3 * self.retry_s)
+        while not self._flush() and time.time() < deadline:
+            time.sleep(2.0)
         if self.run_id is not None and self._pending() == 0:
             try:
                 self.client.set_terminated(self.run_id, status=status)
@@ -92,10 +90,8 @@ class MlflowTracker:
     def _pending(self) -> int:
         return len(self.params) + len(self.metrics) + len(self.tags) + len(self.artifacts)
 
-    def _flush(self, force: bool = False) -> bool:
+    def _flush(self) -> bool:
         """Deliver the queue; True when it is empty afterwards. Never raises."""
-        if not force and self.run_id is None and time.time() - self._last_attempt < self.retry_s and self._last_attempt:
-            return False
         self._last_attempt = time.time()
         try:
             if self.run_id is None:
@@ -126,7 +122,6 @@ class MlflowTracker:
             saved = json.loads(run_file.read_text())
             if saved.get("tracking_uri") == self.uri:
                 self.client.get_run(saved["run_id"])  # raises if the store lost it or is down
-                self._start_monitor(saved["run_id"])
                 return saved["run_id"]
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
@@ -148,7 +143,6 @@ class MlflowTracker:
         tmp = run_file.with_name(f".{RUN_FILE}.tmp")
         tmp.write_text(json.dumps({"tracking_uri": self.uri, "run_id": run.info.run_id, "experiment_id": experiment_id}))
         tmp.replace(run_file)
-        self._start_monitor(run.info.run_id)
         return run.info.run_id
 
     def _sweep_parent(self, experiment_id: str, sweep: str) -> str:
@@ -157,15 +151,6 @@ class MlflowTracker:
         if found:
             return found[0].info.run_id
         return self.client.create_run(experiment_id, run_name=f"sweep:{sweep}", tags={"mirage.sweep_parent": sweep}).info.run_id
-
-    def _start_monitor(self, run_id: str) -> None:
-        """CPU/memory (and GPU where present) sampled by MLflow's own system-metrics monitor."""
-        if self._monitor is not None or os.environ.get("MIRAGE_SYSTEM_METRICS", "1") == "0":
-            return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        self._monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1, tracking_uri=self.uri)
-        self._monitor.start()
 
 
 def attached_run(output_dir: Path) -> tuple[MlflowClient, str] | None:

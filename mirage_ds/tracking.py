@@ -109,3 +109,20 @@ def truncate_metrics(output_dir: Path, last_step: int) -> None:
     tmp = path.with_name(".metrics.jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
+
+
+def system_metrics() -> dict[str, float]:
+    """Process and machine load, logged with each step through the same queue as every other metric
+    (so a tracking-server outage loses none of it)."""
+    import psutil
+    import torch
+
+    process = psutil.Process()
+    out = {
+        "system/cpu_percent": psutil.cpu_percent(interval=None),
+        "system/rss_gib": process.memory_info().rss / 2**30,
+        "system/memory_percent": psutil.virtual_memory().percent,
+    }
+    if torch.cuda.is_available():
+        out["system/gpu_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out

@@ -43,33 +43,50 @@ if [ "$nnodes" -gt 1 ]; then
 fi
 
 echo "node.sh: node $node_rank/$nnodes, $ranks rank(s), master $master_addr:$master_port, $(date -Is)"
-# Started with USR1 ignored, which exec keeps: the runner and the per-node launcher never die of it, and a
-# rank ignores it until the training loop installs its handler. This matters under srun, whose forwarded
-# signals reach every process of the step, not only this script.
-trap '' USR1
-"${launch[@]}" launcher/run.py "$@" &
+stop_requested=0
+declare -A signalled=()
+on_stop() {
+  stop_requested=1
+  echo "node.sh: USR1 received, $(date -Is)"
+}
+trap on_stop USR1
+
+# The launcher runs with USR1 ignored, which exec keeps: the runner and the per-node launcher never die of
+# it, and a rank ignores it until the training loop installs its handler. This matters under srun, whose
+# forwarded signals reach every process of the step, not only this script.
+(trap '' USR1 && exec "${launch[@]}" launcher/run.py "$@") &
 runner=$!
 
-# The ranks are the children of the per-node `deepspeed.launcher.launch` process, itself a child of the
-# runner started above. Matching by parent (not by command line) skips data-loader workers, which carry
-# their rank's command line.
-forward_stop() {
-  local launcher rank
+# USR1 once to each rank whose handler is installed (SigCgt in /proc has bit 9 set for signal 10, USR1).
+# A rank still importing would ignore it, so the loop below retries until every rank got one. The ranks
+# are the children of the per-node `deepspeed.launcher.launch`, itself a child of the runner; matching by
+# parent skips data-loader workers, which carry their rank's command line.
+signal_ranks() {
+  local launcher rank caught
   for launcher in $(pgrep -P "$runner" -f deepspeed.launcher.launch || true); do
     for rank in $(pgrep -P "$launcher" || true); do
-      kill -USR1 "$rank" 2>/dev/null || true
+      [ -z "${signalled[$rank]:-}" ] || continue
+      caught=$(awk '/^SigCgt:/ {print $2}' "/proc/$rank/status" 2>/dev/null || true)
+      if [ -n "$caught" ] && (((16#$caught >> 9) & 1)) && kill -USR1 "$rank" 2>/dev/null; then
+        signalled[$rank]=1
+      fi
     done
   done
-  echo "node.sh: stop forwarded to the ranks as USR1, $(date -Is)"
+  if [ "${#signalled[@]}" -ge "$ranks" ]; then
+    echo "node.sh: stop forwarded to the ranks as USR1, $(date -Is)"
+  fi
 }
-trap forward_stop USR1
 
-# `wait` returns early (status > 128) each time a trapped signal arrives; keep waiting until the runner
-# has really exited, then its status is the node's status.
-while :; do
-  status=0
-  wait "$runner" || status=$?
-  kill -0 "$runner" 2>/dev/null || break
+# `wait` returns early (status > 128) each time a trapped signal arrives, so loop until the runner exits.
+while kill -0 "$runner" 2>/dev/null; do
+  if [ "$stop_requested" = "1" ] && [ "${#signalled[@]}" -lt "$ranks" ]; then
+    signal_ranks
+    sleep 1
+  else
+    wait "$runner" || true
+  fi
 done
+status=0
+wait "$runner" || status=$?
 echo "node.sh: launcher exited with $status, $(date -Is)"
 exit "$status"

@@ -14,6 +14,10 @@ VLGUARD = REPO.parent / "shared" / "data" / "vlguard"
 os.environ.setdefault("MIRAGE_CACHE", str(REPO / ".cache-test"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every training run in the suite logs to one session store (its tables are created once, not per run);
+# the tracking tests point runs at their own stores and servers explicitly.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / 'mlflow-suite.db'}")
+(REPO / ".cache-test").mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="session")

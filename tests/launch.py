@@ -23,9 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(recipe: str, *overrides: str, ranks: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch(recipe: str, *overrides: str, ranks: int = 2, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "launcher/run.py", "--recipe", recipe, *overrides]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=env if env is not None else {**os.environ}, capture_output=True, text=True, timeout=timeout)
 
 
 def launch_and_preempt(recipe: str, out: Path, after_step: int, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:

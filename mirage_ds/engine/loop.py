@@ -37,7 +37,7 @@ from mirage_ds.engine.reference import Reference, build_reference
 from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.model import DTYPES, ModelBundle, build_model, resolve_model_path
-from mirage_ds.tracking import build_tracker, truncate_metrics
+from mirage_ds.tracking import build_tracker, system_metrics, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
                 status = RunStatus.NONFINITE
                 break
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                tracker.log_metrics(metrics, step)
+                tracker.log_metrics({**metrics, **(system_metrics() if rank == 0 else {})}, step)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
                 if rank == 0:
                     bar.write(

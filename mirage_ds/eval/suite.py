@@ -30,7 +30,7 @@ class EvalSettings:
     modify_word: str = "Share"
     max_new_tokens: int = 64
     batch_size: int = 16
-    limit: int | None = None  # first N records of each set (quick looks)
+    limit: int | None = None  # first N safe and N unsafe queries, and N utility questions (quick looks)
     seed: int = 0
     # Refusal keywords: "vlguard-v2" fixes the upstream list's dead capital-I keyword; "vlguard-v1" is the
     # list as published (for numbers comparable with the paper); "strict-v1" drops over-broad words.
@@ -69,6 +69,17 @@ def read_records(shard_dir: Path, limit: int | None = None) -> list[tuple[Record
     return out
 
 
+def _first_per_label(samples: list[tuple[Record, bytes]], limit: int | None) -> list[tuple[Record, bytes]]:
+    if limit is None:
+        return samples
+    kept, seen = [], {True: 0, False: 0}
+    for record, png in samples:
+        if record.safe is not None and seen[record.safe] < limit:
+            seen[record.safe] += 1
+            kept.append((record, png))
+    return kept
+
+
 def _harm_judge(records: list[Record], harm: Judge | None, keyword: KeywordJudge) -> Judge:
     if harm is None and all(r.payload for r in records):
         harm = PayloadJudge()
@@ -77,7 +88,7 @@ def _harm_judge(records: list[Record], harm: Judge | None, keyword: KeywordJudge
 
 def evaluate(generator: Generator, model_name: str, eval_dir: Path, utility_dir: Path | None,
              settings: EvalSettings, harm: Judge | None = None) -> EvalResult:
-    samples = read_records(eval_dir, settings.limit)
+    samples = _first_per_label(read_records(eval_dir), settings.limit)
     records = {r.id: r for r, _ in samples}
     images = {r.id: png for r, png in samples}
     unsafe = attack_queries((r for r, _ in samples), OneWordRewriter(settings.attack_word, settings.seed), settings.shots, safe=False)
