@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
 
 from mirage_ds.data.images import load_image_bytes, placeholder_png
 from mirage_ds.data.schema import DataError, Record, SampleError
+from mirage_ds.data.writer import Manifest, write_shards
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,11 @@ class ShardOptions:
     min_shards: int = 8  # the default training layouts split shards over up to 8 ranks x workers
     overwrite: bool = False
     placeholder_size: int = 32  # side of generated images when the real ones are not given
+
+    def write(self, samples: Iterable[tuple[Record, bytes]], out_dir: Path, source: str, input_path: Path) -> Manifest:
+        """``write_shards`` with these options; the manifest records the command that built it."""
+        return write_shards(samples, out_dir, shard_size=self.shard_size, min_shards=self.min_shards,
+                            overwrite=self.overwrite, created_by=f"mirage-ds data build {source} {Path(input_path).name}")
 
 
 def load_json_list(path: Path) -> list[Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from mirage_ds.config import ConfigError, TrainConfig
@@ -14,8 +12,7 @@ from mirage_ds.model import build_lock, cache_root
 
 def ensure_synthetic(spec: SyntheticSpec) -> Path:
     """The cached synthetic corpus for ``spec``, built once; concurrent ranks wait on a file lock."""
-    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_root() / "data" / f"synthetic-{digest}"
+    target = cache_root() / "data" / f"synthetic-{spec.digest()}"
     with build_lock(target):
         if not (target / "manifest.json").is_file():
             build_synthetic(spec, target)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mirage_ds.data.converters import ShardOptions, first_word, load_json_list, make_record, record_image, require
 from mirage_ds.data.schema import DataError, Record, Role
-from mirage_ds.data.writer import Manifest, write_shards
+from mirage_ds.data.writer import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,4 @@ def convert_llava(
     options: ShardOptions = ShardOptions(),
 ) -> Manifest:
     """Write ``json_path`` as shards; images come from ``images_dir`` (placeholders when it is None)."""
-    return write_shards(
-        llava_samples(json_path, images_dir, role, options.placeholder_size),
-        out_dir,
-        shard_size=options.shard_size,
-        min_shards=options.min_shards,
-        overwrite=options.overwrite,
-        created_by=f"mirage-ds data build llava {Path(json_path).name}",
-    )
+    return options.write(llava_samples(json_path, images_dir, role, options.placeholder_size), out_dir, "llava", json_path)

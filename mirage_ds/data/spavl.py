@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 from mirage_ds.data.converters import ShardOptions, first_word, make_record, record_image
 from mirage_ds.data.images import encode_png, load_image_bytes, png_from_bytes
 from mirage_ds.data.schema import DataError, Record, Role
-from mirage_ds.data.writer import Manifest, write_shards
+from mirage_ds.data.writer import Manifest
 
 COLUMNS = ("image", "question", "chosen", "rejected")
 FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
@@ -109,11 +109,4 @@ def convert_spavl(
     """Write the rows of ``data_path`` as shards: ``chosen`` -> ``chosen_role``, ``rejected`` -> forget."""
     if chosen_role == "forget":
         raise DataError("chosen_role must be 'retain' or 'sft': the chosen answer is the one to keep")
-    return write_shards(
-        spavl_samples(data_path, images_dir, chosen_role, options.placeholder_size),
-        out_dir,
-        shard_size=options.shard_size,
-        min_shards=options.min_shards,
-        overwrite=options.overwrite,
-        created_by=f"mirage-ds data build spavl {Path(data_path).name}",
-    )
+    return options.write(spavl_samples(data_path, images_dir, chosen_role, options.placeholder_size), out_dir, "spavl", data_path)

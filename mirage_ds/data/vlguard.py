@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mirage_ds.data.converters import ShardOptions, first_word, load_json_list, make_record, record_image, require
 from mirage_ds.data.schema import DataError, Record, Role, Subset
-from mirage_ds.data.writer import Manifest, write_shards
+from mirage_ds.data.writer import Manifest
 
 # subset -> (position in instr-resp, instruction field, whether the query is safe)
 UNSAFE_IMAGE_PAIRS: tuple[tuple[Subset, int, str, bool], ...] = (("unsafes", 0, "instruction", False),)
@@ -72,11 +72,4 @@ def convert_vlguard(
     options: ShardOptions = ShardOptions(),
 ) -> Manifest:
     """Write ``json_path`` as shards; without ``images_dir`` images are placeholders (``image_placeholder``)."""
-    return write_shards(
-        vlguard_samples(json_path, images_dir, role, options.placeholder_size),
-        out_dir,
-        shard_size=options.shard_size,
-        min_shards=options.min_shards,
-        overwrite=options.overwrite,
-        created_by=f"mirage-ds data build vlguard {Path(json_path).name}",
-    )
+    return options.write(vlguard_samples(json_path, images_dir, role, options.placeholder_size), out_dir, "vlguard", json_path)
