@@ -10,11 +10,11 @@ ARGS ?=
 
 .PHONY: venv run test bench clean
 
+# torch first and pinned: on these CPU machines pip takes the local CPU wheel; a bare `torch`
+# requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: on these CPU machines pip takes the local CPU wheel; a bare `torch`
-	# requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
