@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launch import DEEPSPEED, free_port, launch, metrics, _rank_pids
+from launch import DEEPSPEED, free_port, launch, metrics
 from conftest import REPO
 
 pytestmark = pytest.mark.distributed

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirage_ds.kernels import resolve_kernel, rmu_loss, rmu_loss_eager
+from mirage_ds.kernels import resolve_kernel, rmu_loss
 from mirage_ds.kernels.compiled import compile_available
 
 REPO = Path(__file__).resolve().parent.parent
