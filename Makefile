@@ -8,7 +8,7 @@ RECIPE ?= npo_lora
 OUT ?= runs/$(RECIPE)-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: venv run test bench clean
+.PHONY: venv run demo test bench clean
 
 # torch first and pinned: on these CPU machines pip takes the local CPU wheel; a bare `torch`
 # requirement would pull a multi-GB CUDA build.
@@ -26,6 +26,21 @@ venv: $(STAMP)
 run: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe $(RECIPE) output_dir=$(OUT) $(ARGS)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(OUT)
+
+# The safety mirage on the embedded default, end to end (about 10 minutes on 2 CPU cores): train a base
+# that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
+# (ASR/RR before and after the one-word attack, utility) and print the Table 1 comparison from MLflow.
+DEMO ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_METHODS ?= mixed_sft_full npo_full rmu_full
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe base_full output_dir=$(DEMO)/base tracking.experiment=demo
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/base --name base
+	for recipe in $(DEMO_METHODS); do \
+	  OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe $$recipe \
+	    output_dir=$(DEMO)/$$recipe model.path=$(DEMO)/base/export tracking.experiment=demo || exit 1; \
+	  OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/$$recipe --name $$recipe || exit 1; \
+	done
+	$(VENV)/bin/mirage-ds compare --experiment demo --tracking-uri sqlite:///$(abspath $(DEMO))/mlflow.db --out $(DEMO)/comparison
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)

@@ -69,8 +69,9 @@ class DataConfig(Section):
 
     train: str | None = None
     # With no ``train`` dir, which part of the synthetic corpus the train stream reads: "sft" (safe answers
-    # mixed with refusals: Mixed-/Posthoc-SFT) or "retain" (safe data only: Unsafe-Filter).
-    synthetic_train: Literal["sft", "retain"] = "sft"
+    # mixed with refusals: Mixed-/Posthoc-SFT), "retain" (safe data only: Unsafe-Filter) or "base" (safe
+    # answers and the harmful payload answers: an instruction-tuned base that complies with everything).
+    synthetic_train: Literal["sft", "retain", "base"] = "sft"
     forget: str | None = None
     retain: str | None = None
     synthetic: SyntheticSpec = SyntheticSpec()

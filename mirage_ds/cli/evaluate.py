@@ -70,7 +70,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", help="output directory (default: RUN/eval)")
     ev.add_argument("--name", help="model name in the table")
     ev.add_argument("--shots", type=int, default=3)
-    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--max-new-tokens", type=int, default=96, help="the paper uses 256; the synthetic payloads need ~80")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--keywords", default="vlguard-v2", help="refusal keyword version (vlguard-v1, vlguard-v2, strict-v1)")

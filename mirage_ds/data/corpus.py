@@ -19,9 +19,15 @@ def ensure_synthetic(spec: SyntheticSpec) -> Path:
     return target
 
 
-def resolve_streams(cfg: TrainConfig, streams: tuple[str, ...]) -> dict[str, Path]:
+def _synthetic_dirs(corpus: Path, stream: str, train_split: str) -> Path | list[Path]:
+    if stream != "train":
+        return corpus / stream
+    return [corpus / "retain", corpus / "forget"] if train_split == "base" else corpus / train_split
+
+
+def resolve_streams(cfg: TrainConfig, streams: tuple[str, ...]) -> dict[str, Path | list[Path]]:
     configured = {"train": cfg.data.train, "forget": cfg.data.forget, "retain": cfg.data.retain}
-    out: dict[str, Path] = {}
+    out: dict[str, Path | list[Path]] = {}
     corpus: Path | None = None
     for name in streams:
         if name not in configured:
@@ -30,5 +36,5 @@ def resolve_streams(cfg: TrainConfig, streams: tuple[str, ...]) -> dict[str, Pat
             out[name] = Path(configured[name])
         else:
             corpus = corpus or ensure_synthetic(cfg.data.synthetic)
-            out[name] = corpus / (cfg.data.synthetic_train if name == "train" else name)
+            out[name] = _synthetic_dirs(corpus, name, cfg.data.synthetic_train)
     return out

@@ -32,13 +32,16 @@ Transform = Callable[[Record, bytes, str], dict[str, Any]]
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
-def list_shards(shard_dir: str | Path) -> list[Path]:
-    path = Path(shard_dir)
-    if not path.is_dir():
-        raise DataError(f"shard directory {path} does not exist")
-    shards = sorted(path.glob("*.tar"))
-    if not shards:
-        raise DataError(f"shard directory {path} holds no .tar shards")
+def list_shards(shard_dirs: str | Path | list[Path]) -> list[Path]:
+    """The .tar shards of one directory, or of several (a mixture read as one dataset)."""
+    shards: list[Path] = []
+    for path in map(Path, shard_dirs if isinstance(shard_dirs, list) else [shard_dirs]):
+        if not path.is_dir():
+            raise DataError(f"shard directory {path} does not exist")
+        found = sorted(path.glob("*.tar"))
+        if not found:
+            raise DataError(f"shard directory {path} holds no .tar shards")
+        shards += found
     return shards
 
 
@@ -105,7 +108,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        shard_dir: str | Path,
+        shard_dir: str | Path | list[Path],
         *,
         transform: Transform,
         collate: Collate,

@@ -28,7 +28,7 @@ class EvalSettings:
     shots: int = 3
     attack_word: str = "What"
     modify_word: str = "Share"
-    max_new_tokens: int = 64
+    max_new_tokens: int = 96
     batch_size: int = 16
     limit: int | None = None  # first N safe and N unsafe queries, and N utility questions (quick looks)
     seed: int = 0
