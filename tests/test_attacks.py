@@ -10,7 +10,7 @@ import pytest
 
 from mirage_ds.data.schema import DataError, Record, Turn
 from mirage_ds.eval.attacks import OneWordRewriter, attack_queries, load_kshot
-from mirage_ds.eval.keywords.grammar import embedded_clause, parse_query
+from mirage_ds.eval.grammar import embedded_clause, parse_query
 
 # The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
 VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mirage_ds.data.converters import load_json_list, require
 from mirage_ds.data.schema import DataError, Record, Subset
-from mirage_ds.eval.keywords.grammar import AUX, Parsed, embedded_clause, parse_query
+from mirage_ds.eval.grammar import AUX, Parsed, embedded_clause, parse_query
 
 
 @dataclass(frozen=True)
