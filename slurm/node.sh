@@ -14,6 +14,13 @@
 # ranks (and TERM makes them kill the ranks, checkpoint or not), so they run with USR1 ignored.
 # Exit status: the launcher's (0 finished, 3 preempted and resumable, 2 bad config, other = failed).
 set -euo pipefail
+# Trapped first thing: a USR1 that comes while this script starts up is remembered, not fatal.
+stop_requested=0
+on_stop() {
+  stop_requested=1
+  echo "node.sh: USR1 received, $(date -Is)"
+}
+trap on_stop USR1
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -43,13 +50,7 @@ if [ "$nnodes" -gt 1 ]; then
 fi
 
 echo "node.sh: node $node_rank/$nnodes, $ranks rank(s), master $master_addr:$master_port, $(date -Is)"
-stop_requested=0
 declare -A signalled=()
-on_stop() {
-  stop_requested=1
-  echo "node.sh: USR1 received, $(date -Is)"
-}
-trap on_stop USR1
 
 # The launcher runs with USR1 ignored, which exec keeps: the runner and the per-node launcher never die of
 # it, and a rank ignores it until the training loop installs its handler. This matters under srun, whose

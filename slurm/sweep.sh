@@ -10,8 +10,8 @@
 #
 # Preemption: Slurm sends USR1 to this script 90 s before the time limit (--signal=B:USR1@90; by hand:
 # `scancel --batch --signal=USR1 JOB_TASK`). It is forwarded to the ranks, which checkpoint and exit 3;
-# the task is then requeued and resumes from its checkpoint (resume=auto). Slurm holds a requeued job
-# for about two minutes (its BeginTime) before starting it again.
+# the task is then requeued and resumes from its checkpoint (resume=auto). Slurm starts a requeued job
+# again only after its old credential expires (slurm.conf AuthInfo=cred_expire, 120 s by default).
 #
 # Logs: this script's own lines go to Slurm's --output (slurm/submit: <output_root>/<sweep>/logs/);
 # each node's training output goes to <task output_dir>/logs/attempt<N>-node<R>.log, N = requeue count.
@@ -20,6 +20,15 @@
 #SBATCH --signal=B:USR1@90
 #SBATCH --open-mode=append
 set -euo pipefail
+# Trapped first thing, so a USR1 during the set-up below is remembered rather than fatal.
+launcher=""
+stop_requested=0
+forward_stop() {
+  stop_requested=1
+  echo "sweep.sh: USR1 received, $(date -Is); asking the ranks to checkpoint and stop"
+  if [ -n "$launcher" ]; then kill -USR1 "$launcher" 2>/dev/null || true; fi
+}
+trap forward_stop USR1
 
 repo=${MIRAGE_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 if [ ! -f "$repo/launcher/run.py" ]; then
@@ -78,36 +87,32 @@ if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then task_id=${SLURM_ARRAY_JOB_ID}_${SLURM_
 echo "sweep.sh: job $task_id attempt $attempt, task $task of $MIRAGE_SWEEP_NAME on $nnodes node(s): ${args[*]}"
 echo "sweep.sh: logs in ${MIRAGE_LOG_PREFIX}node*.log"
 
-launcher=""
-stop_requested=0
-forward_stop() {
-  stop_requested=1
-  echo "sweep.sh: USR1 received, $(date -Is); asking the ranks to checkpoint and stop"
-  if [ -n "$launcher" ]; then kill -USR1 "$launcher" 2>/dev/null || true; fi
-}
-trap forward_stop USR1
-
-if [ "$nnodes" -gt 1 ]; then
-  # srun forwards the USR1 it gets to every node's node.sh. Since Slurm 22.05 a step no longer inherits
-  # the job's --cpus-per-task, so give each per-node launcher the node's whole CPU share explicitly.
-  srun --nodes="$nnodes" --ntasks="$nnodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" \
-    --kill-on-bad-exit=0 bash "$repo/slurm/node.sh" "${args[@]}" &
+if [ "$stop_requested" = "1" ]; then
+  # Told to stop before anything ran: nothing to checkpoint, requeue as if preempted.
+  status=3
 else
-  bash "$repo/slurm/node.sh" "${args[@]}" &
-fi
-launcher=$!
-if [ "$stop_requested" = "1" ]; then kill -USR1 "$launcher" 2>/dev/null || true; fi
-
-while :; do
+  if [ "$nnodes" -gt 1 ]; then
+    # srun forwards the USR1 it gets to every node's node.sh. Since Slurm 22.05 a step no longer inherits
+    # the job's --cpus-per-task, so give each per-node launcher the node's whole CPU share explicitly.
+    srun --nodes="$nnodes" --ntasks="$nnodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" \
+      --kill-on-bad-exit=0 bash "$repo/slurm/node.sh" "${args[@]}" &
+  else
+    bash "$repo/slurm/node.sh" "${args[@]}" &
+  fi
+  launcher=$!
+  if [ "$stop_requested" = "1" ]; then kill -USR1 "$launcher" 2>/dev/null || true; fi
+  # `wait` returns early each time the USR1 trap runs; loop until the launcher has exited.
+  while kill -0 "$launcher" 2>/dev/null; do
+    wait "$launcher" || true
+  done
   status=0
   wait "$launcher" || status=$?
-  kill -0 "$launcher" 2>/dev/null || break
-done
+fi
 
 case "$status" in
   0) echo "sweep.sh: task $task finished" ;;
   3)
-    echo "sweep.sh: task $task preempted after a checkpoint; requeueing $task_id"
+    echo "sweep.sh: task $task preempted; requeueing $task_id (it resumes from its latest checkpoint)"
     scontrol requeue "$task_id"
     ;;
   *) echo "sweep.sh: task $task failed with exit status $status" >&2 ;;

@@ -86,6 +86,10 @@ def slurm_conf(cluster: Cluster) -> str:
         f"SlurmctldHost={_host()}",
         "SlurmUser=root",
         "AuthType=auth/munge",
+        # A requeued job waits out its revoked credential before it may start again (120 s by default);
+        # 10 s keeps the preemption tests short. Starting it earlier (scontrol update StartTime=now)
+        # fails the new attempt at once ("Job credential revoked").
+        "AuthInfo=cred_expire=10",
         f"SlurmctldPort={port}",
         f"SlurmdPort={port + 1}",
         f"StateSaveLocation={root}/state",

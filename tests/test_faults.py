@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launch import DEEPSPEED, free_port, launch, metrics
+from launch import DEEPSPEED, free_port, launch, launch_and_preempt, metrics
 from conftest import REPO
 
 pytestmark = pytest.mark.distributed
@@ -35,9 +35,31 @@ def _kill9_after(out: Path, step: int, *overrides: str) -> int:
     return len((out / "metrics.jsonl").read_text().splitlines())
 
 
-def test_kill9_then_resume_reproduces_losses_and_weights(tmp_path: Path, synthetic_corpus) -> None:
-    straight = tmp_path / "straight"
-    assert launch("sft_full", f"output_dir={straight}", "max_steps=9", *COMMON).returncode == 0
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, synthetic_corpus) -> Path:
+    """The uninterrupted reference run both crash tests must reproduce."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    proc = launch("sft_full", f"output_dir={out}", "max_steps=9", *COMMON)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_preempt_signal_then_resume_reproduces_losses(straight: Path, tmp_path: Path) -> None:
+    interrupted = tmp_path / "interrupted"
+    first = launch_and_preempt("sft_full", interrupted, 3, "max_steps=9", *COMMON)
+    assert first.returncode == 3, first.stderr[-3000:]
+    k = int((interrupted / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert 3 <= k < 9
+    second = launch("sft_full", f"output_dir={interrupted}", "max_steps=9", "resume=auto", *COMMON)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr
+    a, b = metrics(straight), metrics(interrupted)
+    assert [r["step"] for r in b] == list(range(1, 10))
+    for x, y in zip(a[k:], b[k:]):
+        assert y["train/loss"] == pytest.approx(x["train/loss"], abs=1e-6), (x["step"], x["train/loss"], y["train/loss"])
+
+
+def test_kill9_then_resume_reproduces_losses_and_weights(straight: Path, tmp_path: Path) -> None:
     crashed = tmp_path / "crashed"
     logged = _kill9_after(crashed, 5, "max_steps=9", *COMMON)
     assert 5 <= logged < 9

@@ -84,7 +84,7 @@ def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -
     server = start_server(port, store)
     uri = f"http://127.0.0.1:{port}"
     run_dir = tmp_path / "runs" / "c"
-    steps = 100
+    steps = 60
     cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "launcher/run.py", "--recipe", "sft_lora",
            f"output_dir={run_dir}", f"max_steps={steps}", "micro_batch_size=2", "tracking.retry_s=1"]
     train = subprocess.Popen(cmd, cwd=REPO, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
