@@ -15,11 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mirage_ds.cli.errors import report_user_error, user_error_types  # noqa: E402
-from mirage_ds.config import load_config  # noqa: E402
+from mirage_ds.engine.stop import StopSignal  # noqa: E402  (light: installed before the heavy imports)
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop = StopSignal()  # before anything slow: a preemption signal during start-up must not kill the rank
+    from mirage_ds.cli.errors import report_user_error, user_error_types
+    from mirage_ds.config import load_config
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", required=True, help="recipe name in recipes/ or a path to a YAML file")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.recipe, args.overrides)
         from mirage_ds.engine.loop import train
 
-        return int(train(cfg))
+        return int(train(cfg, stop))
     except user_error_types() as err:
         report_user_error(err, rank)
         return 2

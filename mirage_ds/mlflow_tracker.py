@@ -43,7 +43,7 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.output_dir = Path(output_dir)
         self.uri = tracking_uri(self.output_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client: MlflowClient | None = None
         self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
         self.run_name, self.retry_s = run_name, retry_s
         self.run_id: str | None = None
@@ -51,9 +51,18 @@ class MlflowTracker:
         self.metrics: list[Metric] = []
         self.tags: list[RunTag] = []
         self.artifacts: list[tuple[Path, str | None]] = []
+        self._logged_params: set[str] = set()
         self._last_attempt = 0.0
         self._warned = False
         self._flush()
+
+    @property
+    def client(self) -> MlflowClient:
+        """Created on first use, inside the delivery's error handling: building a client can already touch
+        the store (a sqlite store creates its tables, which races when sweep tasks start together)."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     # -- Tracker protocol --------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -96,10 +105,12 @@ class MlflowTracker:
         try:
             if self.run_id is None:
                 self.run_id = self._open_run()
+            self.params = [p for p in self.params if p.key not in self._logged_params]
             while self.params or self.metrics or self.tags:
                 # log_batch limits: 1,000 metrics, 100 params, 100 tags per call.
                 params, metrics, tags = self.params[:100], self.metrics[:1000], self.tags[:100]
                 self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
+                self._logged_params.update(p.key for p in params)
                 del self.params[: len(params)], self.metrics[: len(metrics)], self.tags[: len(tags)]
             while self.artifacts:
                 path, artifact_path = self.artifacts[0]
@@ -121,7 +132,10 @@ class MlflowTracker:
         if run_file.is_file():
             saved = json.loads(run_file.read_text())
             if saved.get("tracking_uri") == self.uri:
-                self.client.get_run(saved["run_id"])  # raises if the store lost it or is down
+                run = self.client.get_run(saved["run_id"])  # raises if the store lost it or is down
+                # A resumed run continues its MLflow run. MLflow refuses to change a logged param (and
+                # `resume` did change), which would block the whole queue: only params it lacks are sent.
+                self._logged_params = set(run.data.params)
                 return saved["run_id"]
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from launch import DEEPSPEED, free_port, launch, launch_and_preempt, metrics
@@ -57,6 +59,11 @@ def test_preempt_signal_then_resume_reproduces_losses(straight: Path, tmp_path: 
     assert [r["step"] for r in b] == list(range(1, 10))
     for x, y in zip(a[k:], b[k:]):
         assert y["train/loss"] == pytest.approx(x["train/loss"], abs=1e-6), (x["step"], x["train/loss"], y["train/loss"])
+    # The resumed process continued the same MLflow run (a changed `resume` param must not block delivery).
+    saved = json.loads((interrupted / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    assert sorted({m.step for m in client.get_metric_history(saved["run_id"], "train/loss")}) == list(range(1, 10))
+    assert client.get_run(saved["run_id"]).info.status == "FINISHED"
 
 
 def test_kill9_then_resume_reproduces_losses_and_weights(straight: Path, tmp_path: Path) -> None:

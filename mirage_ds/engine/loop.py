@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first
 from mirage_ds.engine.ds_config import build_ds_config
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
 from mirage_ds.engine.reference import Reference, build_reference
+from mirage_ds.engine.stop import StopSignal
 from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.model import DTYPES, ModelBundle, build_model, resolve_model_path
@@ -48,18 +48,6 @@ class RunStatus(enum.IntEnum):
     NONFINITE = 4
 
 
-class StopSignal:
-    """SIGUSR1 (Slurm's ``--signal``) or SIGTERM: finish the step, checkpoint, exit PREEMPTED."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.raised = True
-
-
 def restrict_trainable(model: torch.nn.Module, pattern: str) -> None:
     """Only parameters whose name matches ``pattern`` train (e.g. RMU's layers l-2..l down_proj)."""
     regex = re.compile(pattern)
@@ -71,8 +59,7 @@ def restrict_trainable(model: torch.nn.Module, pattern: str) -> None:
         raise ValueError(f"trainable pattern {pattern!r} matches no parameter")
 
 
-def train(cfg: TrainConfig) -> RunStatus:
-    stop = StopSignal()
+def train(cfg: TrainConfig, stop: StopSignal) -> RunStatus:
     rank, world = init_distributed()
     clean = False
     try:
