@@ -27,7 +27,7 @@ run: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe $(RECIPE) output_dir=$(OUT) $(ARGS)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(OUT)
 
-# The safety mirage on the embedded default, end to end (about 10 minutes on 2 CPU cores): train a base
+# The methods compared end to end on the embedded default (about 5 minutes on 2 CPU cores): train a base
 # that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
 # (ASR/RR before and after the one-word attack, utility) and print the Table 1 comparison from MLflow.
 DEMO ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
