@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from contextlib import contextmanager
 from collections.abc import Callable
 from typing import Any, Iterator, TypeVar
@@ -26,7 +27,21 @@ def init_distributed() -> tuple[int, int]:
     deepspeed.init_distributed(dist_backend=backend)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    unlink_shm_buffers()
     return dist.get_rank(), dist.get_world_size()
+
+
+def unlink_shm_buffers() -> None:
+    """Remove the names of DeepSpeed's CPU shared-memory all-reduce buffers once every rank has mapped them.
+
+    DeepSpeed's CPU backend creates /dev/shm/deepspeed_allreduce_buffer_*_<addr>_<port>_<rank> (69 MB per
+    rank) and never unlinks them: run after run they fill /dev/shm (and so RAM) until the OOM killer
+    strikes. After the barrier all peers hold their mappings, which outlive the unlinked names.
+    """
+    dist.barrier()
+    pattern = f"deepspeed_allreduce_buffer_*_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{dist.get_rank()}"
+    for path in Path("/dev/shm").glob(pattern):
+        path.unlink(missing_ok=True)
 
 
 def teardown_distributed(clean: bool) -> None:
