@@ -16,7 +16,7 @@ import torch
 from mirage_ds.config import ModelConfig
 from mirage_ds.data.images import placeholder_png
 from mirage_ds.eval.generation import Generator, Prompt
-from mirage_ds.model import build_model
+from mirage_ds.models.loading import build_model
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from mirage_ds.data.schema import Record, Turn
 from mirage_ds.data.streamer import Batches, ShardStream, collate_padded
 from mirage_ds.data.template import IGNORE_INDEX, SYSTEM_PROMPT, Template
 from mirage_ds.data.writer import write_shards
-from mirage_ds.model import build_model
+from mirage_ds.models.loading import build_model
 
 
 def build_inputs(root: Path, n: int) -> tuple[Path, Path]:

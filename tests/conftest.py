@@ -23,7 +23,7 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' /
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
     from mirage_ds.config import TinyModelSpec
-    from mirage_ds.model import ensure_embedded_model
+    from mirage_ds.models.embedded import ensure_embedded_model
 
     return ensure_embedded_model(TinyModelSpec())
 
@@ -31,7 +31,7 @@ def tiny_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_path: Path):
     from mirage_ds.config import ModelConfig
-    from mirage_ds.model import build_model
+    from mirage_ds.models.loading import build_model
 
     return build_model(ModelConfig())
 

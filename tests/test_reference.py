@@ -10,9 +10,9 @@ from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.schema import Turn
 from mirage_ds.data.streamer import collate_padded
 from mirage_ds.data.template import Template
-from mirage_ds.hooks import hooked_layer
+from mirage_ds.models.hooks import hooked_layer
 from mirage_ds.losses import functional as F
-from mirage_ds.model import build_model, load_model
+from mirage_ds.models.loading import build_model, load_model
 
 
 def _batch(bundle) -> dict:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mirage_ds.cache import build_lock, cache_root
 from mirage_ds.config import ConfigError, TrainConfig
 from mirage_ds.data.synthetic import SyntheticSpec, build_synthetic
-from mirage_ds.model import build_lock, cache_root
-
 
 
 def ensure_synthetic(spec: SyntheticSpec) -> Path:

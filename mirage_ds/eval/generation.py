@@ -18,7 +18,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalG
 
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.template import Template
-from mirage_ds.model import image_token_count
+from mirage_ds.models.loading import image_token_count
 
 
 @dataclass(frozen=True)

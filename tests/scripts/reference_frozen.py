@@ -20,7 +20,7 @@ from mirage_ds.config import load_config  # noqa: E402
 from mirage_ds.engine.distributed import init_distributed, teardown_distributed  # noqa: E402
 from mirage_ds.engine.loop import build_run, train_step  # noqa: E402
 from mirage_ds.losses.base import LossContext  # noqa: E402
-from mirage_ds.model import load_model, resolve_model_path  # noqa: E402
+from mirage_ds.models.loading import load_model, resolve_model_path  # noqa: E402
 
 
 def main(out_dir: str, result_path: str) -> None:

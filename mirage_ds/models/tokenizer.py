@@ -36,6 +36,8 @@ def _training_text() -> list[str]:
 
 
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of at most ``vocab_size`` entries (special tokens included) trained on the shipped text;
+    ``<image>`` is registered as the image token, padding is on the right."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
