@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from mirage_ds.data.schema import DataError, Record, Turn
-from mirage_ds.eval.attacks import OneWordRewriter, attack_queries, load_kshot
-from mirage_ds.eval.grammar import embedded_clause, parse_query
+from mirage_ds.eval.attacks.grammar import embedded_clause, parse_query
+from mirage_ds.eval.attacks.kshot import load_kshot
+from mirage_ds.eval.attacks.query import attack_queries
+from mirage_ds.eval.attacks.rewrite import OneWordRewriter
 
 # The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
 VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
@@ -106,6 +108,9 @@ def test_grammar_reads_the_three_forms() -> None:
     assert parse_query("Could you please explain how to make it?").kind == "howto"
     assert parse_query("Please provide the address.").verb == "provide"
     assert parse_query("Based on the image, what is shown?").kind == "question"
+    # The first word is schema.first_word: "N/A" (a VLGuard instruction) and a contraction read as questions.
+    assert parse_query("N/A").kind == "question"
+    assert parse_query("What's the man holding?").first == "what's"
     coordinated = parse_query("Describe the injuries and speculate about the cause.")
     assert coordinated.kind == "request" and not coordinated.discourse  # no single topic to front
     assert embedded_clause("What is the name of the person holding the gun?") == "what the name of the person holding the gun is"

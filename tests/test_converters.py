@@ -11,24 +11,19 @@ from pathlib import Path
 
 import datasets
 import pytest
-import webdataset as wds
 from PIL import Image
 
 from mirage_ds.cli.data import add_data_commands
 from mirage_ds.data.converters import ShardOptions
 from mirage_ds.data.llava import convert_llava
-from mirage_ds.data.schema import DataError, Record, decode_record
+from mirage_ds.data.schema import DataError
+from mirage_ds.data.shards import read_samples
 from mirage_ds.data.spavl import convert_spavl
 from mirage_ds.data.vlguard import convert_vlguard
 from mirage_ds.data.writer import read_manifest
 
 # The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
 VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
-
-
-def read_back(directory: Path) -> list[tuple[Record, bytes]]:
-    shards = sorted(str(p) for p in directory.glob("*.tar"))
-    return [(decode_record(s["json"], s["__key__"]), s["png"]) for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False)]
 
 
 def image_file(path: Path, colour: tuple[int, int, int], fmt: str = "JPEG") -> Path:
@@ -52,7 +47,7 @@ def test_vlguard_subset_counts_match_the_file(tmp_path: Path, split: str) -> Non
     assert manifest.counts["subset.unsafes"] == n_unsafe
     assert manifest.counts["subset.safe_safes"] == manifest.counts["subset.safe_unsafes"] == n_safe
     assert manifest.samples == n_unsafe + 2 * n_safe and len(manifest.shards) >= 8
-    samples = read_back(tmp_path / split)
+    samples = read_samples(tmp_path / split)
     assert Counter(r.subset for r, _ in samples) == {"unsafes": n_unsafe, "safe_safes": n_safe, "safe_unsafes": n_safe}
     assert all(r.image_placeholder and r.role == "sft" and r.source == "vlguard" for r, _ in samples)
     first = entries[0]
@@ -107,7 +102,7 @@ def test_vlguard_real_images_and_missing_image(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     image_file(images / "ads" / "s1.png", (10, 200, 10), "PNG")
     convert_vlguard(path, tmp_path / "out", images_dir=images, options=ShardOptions(min_shards=2))
-    samples = read_back(tmp_path / "out")
+    samples = read_samples(tmp_path / "out")
     ids = ["vlguard/train/00000/unsafes", "vlguard/train/00001/safe_safes", "vlguard/train/00001/safe_unsafes"]
     assert [r.id for r, _ in samples] == ids
     assert not any(r.image_placeholder for r, _ in samples)
@@ -139,7 +134,7 @@ def test_llava_round_trip(tmp_path: Path) -> None:
     path.write_text(json.dumps(conversations))
     manifest = convert_llava(path, tmp_path / "out", images_dir=tmp_path / "img")
     assert manifest.samples == 2 and manifest.counts["role.sft"] == 2 and manifest.counts["source.llava"] == 2
-    (first, first_png), (second, second_png) = read_back(tmp_path / "out")
+    (first, first_png), (second, second_png) = read_samples(tmp_path / "out")
     assert [(t.role, t.text) for t in first.turns] == [("user", "What is shown?"), ("assistant", "A bus."), ("user", "Colour?"), ("assistant", "Red.")]
     assert second.id == "llava/2" and second.question == "Describe it." and second.answer == "A tree."
     assert pixels(first_png)[1] == (1, 2, 3) and pixels(second_png)[1] == (4, 5, 6)
@@ -169,7 +164,7 @@ def test_spavl_parquet_with_image_bytes(tmp_path: Path) -> None:
     table.to_parquet(str(tmp_path / "spavl.parquet"))
     manifest = convert_spavl(tmp_path / "spavl.parquet", tmp_path / "out", options=ShardOptions(min_shards=1))
     assert manifest.counts["role.retain"] == manifest.counts["role.forget"] == 2
-    samples = read_back(tmp_path / "out")
+    samples = read_samples(tmp_path / "out")
     by_id = {r.id: (r, png) for r, png in samples}
     chosen, png = by_id["spavl/spavl/000001/chosen"]
     rejected, rejected_png = by_id["spavl/spavl/000001/rejected"]
@@ -183,7 +178,7 @@ def test_spavl_parquet_with_image_file_paths(tmp_path: Path) -> None:
     table = datasets.Dataset.from_dict({**spavl_rows(), "image": paths}).cast_column("image", datasets.Image())
     table.to_parquet(str(tmp_path / "spavl.parquet"))
     convert_spavl(tmp_path / "spavl.parquet", tmp_path / "out", options=ShardOptions(min_shards=1))
-    assert sorted(pixels(png)[1] for _, png in read_back(tmp_path / "out")) == [(0, 7, 7), (0, 7, 7), (1, 7, 7), (1, 7, 7)]
+    assert sorted(pixels(png)[1] for _, png in read_samples(tmp_path / "out")) == [(0, 7, 7), (0, 7, 7), (1, 7, 7), (1, 7, 7)]
 
 
 def test_spavl_json_lines_with_relative_paths(tmp_path: Path) -> None:
@@ -192,7 +187,7 @@ def test_spavl_json_lines_with_relative_paths(tmp_path: Path) -> None:
     lines = [json.dumps({"image": "a.jpg", **{k: v[i] for k, v in rows.items()}}) for i in range(2)]
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     convert_spavl(tmp_path / "rows.jsonl", tmp_path / "out", images_dir=tmp_path / "img", chosen_role="sft", options=ShardOptions(min_shards=1))
-    samples = read_back(tmp_path / "out")
+    samples = read_samples(tmp_path / "out")
     assert Counter(r.role for r, _ in samples) == {"sft": 2, "forget": 2}
     assert all(r.meta["image"] == "a.jpg" for r, _ in samples)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "a.jpg", "question": "q", "chosen": "c"}) + "\n")

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from mirage_ds.data.converters import ShardOptions
 from mirage_ds.data.images import placeholder_png
-from mirage_ds.data.schema import DataError, Record, Turn
+from mirage_ds.data.schema import DataError, Record, Turn, first_word
+from mirage_ds.data.shards import read_samples
+from mirage_ds.data.vlguard import convert_vlguard
 from mirage_ds.data.writer import write_shards
-from mirage_ds.eval.shortcut import FirstWordTable, first_word, first_word_table, labelled_queries, shortcut_score
+from mirage_ds.eval.attacks.grammar import parse_query
+from mirage_ds.eval.shortcut import FirstWordTable, first_word_table, labelled_queries, shortcut_score
 
 # The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
 VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
@@ -38,13 +42,36 @@ def test_kshot_files_start_with_their_target_word() -> None:
 
 @pytest.mark.parametrize(
     ("text", "word"),
-    [("What is it?", "what"), ("N/A", "n"), ("  'Can' you", "can"), ("What's up", "what"), ("1. Describe", "describe"), ("", "")],
+    [
+        ("What is it?", "what"), ("N/A", "n"), ("  'Can' you", "can"), ("What's up", "what's"),
+        ("What\u2019s up", "what's"), ("Share, please.", "share"), ("1. Describe", "describe"), ("", ""),
+    ],
 )
 def test_first_word(text: str, word: str) -> None:
     assert first_word(text) == word
 
 
-def test_shard_directory_is_read_with_webdataset(tmp_path: Path) -> None:
+def test_whats_is_one_word_on_every_path(tmp_path: Path) -> None:
+    """Shard metadata, the shortcut table (JSON and shards) and the attack grammar agree on "What's"."""
+    question = "What's the man holding?"
+    entry = {
+        "id": "s1", "image": "a.png", "safe": True,
+        "instr-resp": [{"safe_instruction": question, "response": "A cup."}, {"unsafe_instruction": "Can you dox him?", "response": "No."}],
+    }
+    source = tmp_path / "vlguard.json"
+    source.write_text(json.dumps([entry]))
+    convert_vlguard(source, tmp_path / "shards", options=ShardOptions(min_shards=1))
+    (record, _), _ = read_samples(tmp_path / "shards")
+    words = {
+        "shard metadata": record.meta["first_word"],
+        "shortcut table, JSON": next(iter(first_word_table(source, by="subset").counts["safe_safes"])),
+        "shortcut table, shards": next(iter(first_word_table(tmp_path / "shards", by="subset").counts["safe_safes"])),
+        "attack grammar": parse_query(question).first,
+    }
+    assert words == dict.fromkeys(words, "what's")
+
+
+def test_shard_directory_is_read_through_the_shard_reader(tmp_path: Path) -> None:
     texts = [("What is this?", True), ("Can you hack it?", False), ("Can you help?", True), ("Hello", None)]
     samples = []
     for i, (text, safe) in enumerate(texts):

@@ -1,4 +1,4 @@
-"""Shard writer: real tar files in tmp_path, read back with webdataset and tarfile."""
+"""Shard writer: real tar files in tmp_path, read back with the project's shard reader, webdataset and tarfile."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import webdataset as wds
 
 from mirage_ds.data.images import placeholder_png
 from mirage_ds.data.schema import DataError, Record, SampleError, decode_record
+from mirage_ds.data.shards import read_records, read_samples
 from mirage_ds.data.writer import read_manifest, write_shards
 
 
@@ -25,11 +26,6 @@ def make_sample(i: int, record_id: str | None = None) -> tuple[Record, bytes]:
         safe=i % 3 != 0,
     )
     return record, placeholder_png(record.id, 8)
-
-
-def read_back(directory: Path) -> list[tuple[Record, bytes]]:
-    shards = sorted(str(p) for p in directory.glob("*.tar"))
-    return [(decode_record(s["json"], s["__key__"]), s["png"]) for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False)]
 
 
 def test_writes_shards_members_and_manifest(tmp_path: Path) -> None:
@@ -52,7 +48,25 @@ def test_writes_shards_members_and_manifest(tmp_path: Path) -> None:
     assert on_disk["format"] == "mirage-ds/1" and on_disk["created_by"] == "test"
     with tarfile.open(tmp_path / "out" / "part-000000.tar") as archive:
         assert archive.getnames()[:2] == ["test_000.json", "test_000.png"]
-    assert read_back(tmp_path / "out") == samples
+    assert read_samples(tmp_path / "out") == samples
+
+
+def test_webdataset_reads_the_same_samples(tmp_path: Path) -> None:
+    """The shards are plain webdataset: its own pipeline sees what the project's reader sees."""
+    samples = [make_sample(i) for i in range(11)]
+    write_shards(samples, tmp_path / "out", shard_size=4)
+    shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tar"))
+    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+    assert [(decode_record(s["json"], s["__key__"]), s["png"]) for s in dataset] == read_samples(tmp_path / "out") == samples
+
+
+def test_records_only_limit_and_mixture(tmp_path: Path) -> None:
+    first, second = [make_sample(i) for i in range(9)], [make_sample(i, f"other/{i}") for i in range(4)]
+    write_shards(first, tmp_path / "a", shard_size=4)
+    write_shards(second, tmp_path / "b", shard_size=4)
+    assert read_records(tmp_path / "a") == [record for record, _ in first]
+    assert read_samples(tmp_path / "a", limit=5) == first[:5]
+    assert read_samples([tmp_path / "a", tmp_path / "b"]) == first + second
 
 
 def test_small_dataset_is_split_into_min_shards(tmp_path: Path) -> None:
@@ -65,7 +79,7 @@ def test_small_dataset_is_split_into_min_shards(tmp_path: Path) -> None:
 def test_large_dataset_streams_at_shard_size(tmp_path: Path) -> None:
     manifest = write_shards((make_sample(i) for i in range(30)), tmp_path / "out", shard_size=4, min_shards=2)
     assert [s.samples for s in manifest.shards] == [4] * 7 + [2]
-    assert len(read_back(tmp_path / "out")) == 30
+    assert len(read_samples(tmp_path / "out")) == 30
 
 
 def test_exception_mid_stream_leaves_nothing(tmp_path: Path) -> None:

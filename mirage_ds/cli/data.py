@@ -22,9 +22,6 @@ from mirage_ds.data.synthetic import DIRS, SyntheticSpec, build_synthetic
 from mirage_ds.data.vlguard import convert_vlguard
 from mirage_ds.data.writer import Manifest, read_manifest
 
-SOURCES = ("synthetic", "vlguard", "llava", "spavl")
-
-
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``data build <source>`` to ``subparsers`` (the object ``add_subparsers()`` returned)."""
     data = subparsers.add_parser("data", help="build and inspect shard directories")

@@ -8,9 +8,9 @@ naming the file, the record (index and id) and the field or path at fault.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +36,7 @@ class ShardOptions:
 
 
 def load_json_list(path: Path) -> list[Any]:
+    """The JSON list of records in ``path``; DataError naming the file when it is missing or not a list."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} not found")
@@ -81,8 +82,3 @@ def make_record(where: str, **fields: Any) -> Record:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<record>"
         raise SampleError(f"{where}: field {loc!r}: {first['msg']}") from None
-
-
-def first_word(text: str) -> str:
-    words = text.split()
-    return words[0].strip(",.?!:;") if words else ""

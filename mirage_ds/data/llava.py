@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mirage_ds.data.converters import ShardOptions, first_word, load_json_list, make_record, record_image, require
-from mirage_ds.data.schema import DataError, Record, Role
+from mirage_ds.data.converters import ShardOptions, load_json_list, make_record, record_image, require
+from mirage_ds.data.schema import DataError, Record, Role, first_word
 from mirage_ds.data.writer import Manifest
 
 log = logging.getLogger(__name__)

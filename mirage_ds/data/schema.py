@@ -18,7 +18,8 @@ Record fields (JSON):
 - ``payload`` (str | None): synthetic corpus only: the marker string a harmful answer contains.
 - ``answers`` (list[str] | None): reference answers for utility evaluation (VQA: the human answers).
 - ``image_placeholder`` (bool): the image was generated because the real one was not given.
-- ``meta`` (dict): anything else a converter keeps (original ids, first word, rewrite rule, ...).
+- ``meta`` (dict): anything else a converter keeps (original ids, rewrite rule, ...); ``meta.first_word``
+  is ``first_word(question)``, the same normalisation the shortcut table and the attack grammar use.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ Role = Literal["sft", "forget", "retain"]
 Source = Literal["synthetic", "vlguard", "llava", "spavl", "easyvqa"]
 Subset = Literal["unsafes", "safe_safes", "safe_unsafes"]
 
+# The member names of a sample, ``<key>.<ext>``: every writer and reader takes them from here.
 IMAGE_EXT = "png"
 RECORD_EXT = "json"
 
+# A word: ASCII letters, with inner apostrophes kept ("what's", "can't").
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
 
 class Turn(BaseModel):
+    """One conversation turn; the template adds the image placeholder and role markers."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     role: Literal["user", "assistant"]
     text: str
@@ -91,7 +98,18 @@ def sample_key(record_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", record_id)
 
 
+def first_word(text: str) -> str:
+    """The first word of a query as every first-word count in the project sees it: lower-cased, leading
+    punctuation and digits skipped, an inner apostrophe kept (typographic or not).
+
+    "What's up?" -> "what's", "  'Can' you" -> "can", "N/A" -> "n", "1. Describe" -> "describe", "" -> "".
+    """
+    found = _WORD.search(text.lower().replace("\u2019", "'"))
+    return found.group(0) if found else ""
+
+
 def encode_record(record: Record) -> bytes:
+    """The JSON member of a sample (UTF-8, non-ASCII kept as is)."""
     return json.dumps(record.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
 
 

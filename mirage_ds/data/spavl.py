@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-from mirage_ds.data.converters import ShardOptions, first_word, make_record, record_image
+from mirage_ds.data.converters import ShardOptions, make_record, record_image
 from mirage_ds.data.images import encode_png, load_image_bytes, png_from_bytes
-from mirage_ds.data.schema import DataError, Record, Role
+from mirage_ds.data.schema import DataError, Record, Role, first_word
 from mirage_ds.data.writer import Manifest
 
 COLUMNS = ("image", "question", "chosen", "rejected")

@@ -6,16 +6,13 @@ is infinite (epoch after epoch), so the DataLoader's strict round-robin over wor
 shape, and the position of a rank is exactly: per logical worker (epoch, samples consumed), plus which
 logical worker is due next. On resume, physical worker ``p`` plays logical worker ``(p + next) % W`` and
 skips its consumed samples before decoding, which reproduces the uninterrupted batch sequence.
-
-Nothing is extracted to disk: members are read into memory, and member names that are absolute or
-contain ``..`` are treated as corrupt, so archives cannot write outside anything.
+Shards are read with ``shards.py``, the project's one shard reader.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,63 +21,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mirage_ds.data.schema import IMAGE_EXT, RECORD_EXT, DataError, Record, SampleError, decode_record
+from mirage_ds.data.schema import DataError, Record, SampleError
+from mirage_ds.data.shards import ShardDirs, decode_sample, list_shards, read_raw_samples
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Record, bytes, str], dict[str, Any]]
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
-
-
-def list_shards(shard_dirs: str | Path | list[Path]) -> list[Path]:
-    """The .tar shards of one directory, or of several (a mixture read as one dataset)."""
-    shards: list[Path] = []
-    for path in map(Path, shard_dirs if isinstance(shard_dirs, list) else [shard_dirs]):
-        if not path.is_dir():
-            raise DataError(f"shard directory {path} does not exist")
-        found = sorted(path.glob("*.tar"))
-        if not found:
-            raise DataError(f"shard directory {path} holds no .tar shards")
-        shards += found
-    return shards
-
-
-def _safe_member(name: str) -> bool:
-    return not (name.startswith("/") or ".." in Path(name).parts)
-
-
-def read_raw_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) per sample, in tar order; raises SampleError naming the shard on corruption.
-
-    Members sharing a key (the part before the first dot of the basename) form one sample, as in
-    webdataset; a group is complete when the key changes.
-    """
-    key: str | None = None
-    group: dict[str, bytes] = {}
-    try:
-        # Uncompressed random-access mode: shards are local, uncompressed tars, and "r:" reads headers
-        # about twice as fast as the stream mode "r|*" (no compression sniffing, no stream buffer).
-        with tarfile.open(shard, mode="r:") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                if not _safe_member(member.name):
-                    raise SampleError(f"{shard}:{member.name}: unsafe member path (absolute or '..')")
-                base = Path(member.name).name
-                if "." not in base:
-                    raise SampleError(f"{shard}:{member.name}: member name has no extension")
-                member_key, ext = base.split(".", 1)
-                handle = archive.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                if member_key != key:
-                    if key is not None:
-                        yield key, group
-                    key, group = member_key, {}
-                group[ext] = data
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise SampleError(f"{shard}: corrupt tar ({err}) after key {key!r}") from None
-    if key is not None:
-        yield key, group
 
 
 @dataclass
@@ -108,7 +55,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        shard_dir: str | Path | list[Path],
+        shard_dir: ShardDirs,
         *,
         transform: Transform,
         collate: Collate,
@@ -160,12 +107,8 @@ class ShardStream(IterableDataset):
 
     def _decode(self, shard: str, key: str, group: dict[str, bytes]) -> dict[str, Any]:
         where = f"{shard}:{key}"
-        if RECORD_EXT not in group:
-            raise SampleError(f"{where}: no .{RECORD_EXT} member")
-        if IMAGE_EXT not in group:
-            raise SampleError(f"{where}: no .{IMAGE_EXT} member (missing image)")
-        record = decode_record(group[RECORD_EXT], where)
-        return self.transform(record, group[IMAGE_EXT], where)
+        record, image = decode_sample(group, where)
+        return self.transform(record, image, where)
 
     def _worker_stream(self, worker: int) -> Iterator[dict[str, Any]]:
         epoch, consumed = self.state.workers.get(worker, (0, 0))

@@ -13,17 +13,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
-from mirage_ds.data.converters import ShardOptions, first_word, load_json_list, make_record, record_image, require
-from mirage_ds.data.schema import DataError, Record, Role, Subset
+from mirage_ds.data.converters import ShardOptions, load_json_list, make_record, record_image, require
+from mirage_ds.data.schema import DataError, Record, Role, Subset, first_word
 from mirage_ds.data.writer import Manifest
 
-# subset -> (position in instr-resp, instruction field, whether the query is safe)
-UNSAFE_IMAGE_PAIRS: tuple[tuple[Subset, int, str, bool], ...] = (("unsafes", 0, "instruction", False),)
-SAFE_IMAGE_PAIRS: tuple[tuple[Subset, int, str, bool], ...] = (
-    ("safe_safes", 0, "safe_instruction", True),
-    ("safe_unsafes", 1, "unsafe_instruction", False),
+
+class InstructionField(NamedTuple):
+    """One instruction field of VLGuard's ``instr-resp`` pairs and the query it holds."""
+
+    name: str  # key inside an instr-resp pair
+    subset: Subset  # VLGuard evaluation subset of the query
+    safe: bool  # whether the query itself is safe
+    safe_image: bool  # whether the records that carry it have a safe image
+    position: int  # index of its pair in a train/test record's instr-resp
+
+
+# The one table from VLGuard fields to subsets. Unsafe images carry ``instruction`` alone; safe images
+# carry ``safe_instruction`` then ``unsafe_instruction``. The K-shot files keep the record shape.
+INSTRUCTION_FIELDS: tuple[InstructionField, ...] = (
+    InstructionField("instruction", "unsafes", safe=False, safe_image=False, position=0),
+    InstructionField("safe_instruction", "safe_safes", safe=True, safe_image=True, position=0),
+    InstructionField("unsafe_instruction", "safe_unsafes", safe=False, safe_image=True, position=1),
 )
+
+
+def image_layout(safe_image: bool) -> tuple[InstructionField, ...]:
+    """The instr-resp fields of a record whose image is safe (or not), in pair order."""
+    return tuple(f for f in INSTRUCTION_FIELDS if f.safe_image == safe_image)
 
 
 def vlguard_samples(
@@ -38,23 +56,23 @@ def vlguard_samples(
         image_path = require(entry, "image", where)
         safe_image = require(entry, "safe", where, bool)
         pairs = require(entry, "instr-resp", where, list)
-        layout = SAFE_IMAGE_PAIRS if safe_image else UNSAFE_IMAGE_PAIRS
+        layout = image_layout(safe_image)
         if len(pairs) < len(layout):
             kind = "safe" if safe_image else "unsafe"
             raise DataError(f"{where}: field 'instr-resp' has {len(pairs)} entries, a {kind} image needs {len(layout)}")
         image, placeholder = record_image(images_dir, image_path, where, placeholder_size)
-        for subset, position, field, safe_query in layout:
-            pair_where = f"{where}: instr-resp[{position}]"
-            instruction = require(pairs[position], field, pair_where)
-            response = require(pairs[position], "response", pair_where)
+        for field in layout:
+            pair_where = f"{where}: instr-resp[{field.position}]"
+            instruction = require(pairs[field.position], field.name, pair_where)
+            response = require(pairs[field.position], "response", pair_where)
             record = make_record(
                 where,
-                id=f"vlguard/{json_path.stem}/{index:05d}/{subset}",
+                id=f"vlguard/{json_path.stem}/{index:05d}/{field.subset}",
                 turns=[{"role": "user", "text": instruction}, {"role": "assistant", "text": response}],
                 role=role,
                 source="vlguard",
-                subset=subset,
-                safe=safe_query,
+                subset=field.subset,
+                safe=field.safe,
                 category=None if safe_image else entry.get("harmful_category"),
                 subcategory=None if safe_image else entry.get("harmful_subcategory"),
                 image_placeholder=placeholder,

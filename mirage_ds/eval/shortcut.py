@@ -3,8 +3,9 @@ model's refusal flips when only the first word changes.
 
 Safety Mirage, Fig. 1: in VLGuard's train split 869 of 977 safe instructions start with "What" and 847
 of 977 unsafe ones with "Can"; an SFT model can learn the word instead of the harm. The first word here
-is the lowercased first run of ASCII letters ("N/A" -> "n", "What's" -> "what"). Group by ``label``
-(safe / unsafe) or by ``subset``: the paper's "Can" figure is the ``safe_unsafes`` subset alone.
+is ``schema.first_word``, as in shard metadata and the attack grammar ("N/A" -> "n", "What's" ->
+"what's"). Group by ``label`` (safe / unsafe) or by ``subset``: the paper's "Can" figure is the
+``safe_unsafes`` subset alone.
 
 Inputs: a VLGuard-shaped JSON list (``train.json``, ``test.json`` and the K-shot files, which share its
 record shape: every ``instruction`` / ``unsafe_instruction`` counts as unsafe, ``safe_instruction`` as
@@ -13,7 +14,6 @@ safe) or a directory of schema shards (the first user turn, labelled by ``Record
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,59 +21,39 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from mirage_ds.data.converters import load_json_list, require
-from mirage_ds.data.schema import RECORD_EXT, DataError, decode_record
+from mirage_ds.data.schema import DataError, first_word
+from mirage_ds.data.shards import read_records
+from mirage_ds.data.vlguard import INSTRUCTION_FIELDS
 
-_WORD = re.compile(r"[A-Za-z]+")
-# VLGuard instruction fields -> (label, VLGuard evaluation subset) of the query each holds.
-_FIELDS = {
-    "instruction": ("unsafe", "unsafes"),
-    "unsafe_instruction": ("unsafe", "safe_unsafes"),
-    "safe_instruction": ("safe", "safe_safes"),
-}
 GROUP_ORDER = ("safe", "unsafe", "safe_safes", "safe_unsafes", "unsafes", "unlabelled")
 
 
 class LabelledQuery(NamedTuple):
+    """A query text with the group it is counted in."""
+
     label: str  # "safe" | "unsafe" | "unlabelled"
     subset: str  # VLGuard subset, or the label where the source has none
     text: str
-
-
-def first_word(text: str) -> str:
-    found = _WORD.search(text)
-    return found.group(0).lower() if found else ""
 
 
 def _json_queries(path: Path) -> Iterable[LabelledQuery]:
     for index, entry in enumerate(load_json_list(path)):
         where = f"{path}: record {index}"
         for position, pair in enumerate(require(entry, "instr-resp", where, list)):
-            fields = [name for name in _FIELDS if isinstance(pair, dict) and name in pair]
+            fields = [f for f in INSTRUCTION_FIELDS if isinstance(pair, dict) and f.name in pair]
             if not fields:
-                raise DataError(f"{where}: instr-resp[{position}] has none of the fields {', '.join(_FIELDS)}")
-            for name in fields:
-                yield LabelledQuery(*_FIELDS[name], require(pair, name, f"{where}: instr-resp[{position}]"))
+                names = ", ".join(f.name for f in INSTRUCTION_FIELDS)
+                raise DataError(f"{where}: instr-resp[{position}] has none of the fields {names}")
+            for field in fields:
+                label = "safe" if field.safe else "unsafe"
+                yield LabelledQuery(label, field.subset, require(pair, field.name, f"{where}: instr-resp[{position}]"))
 
 
 def _shard_queries(shard_dir: Path) -> Iterable[LabelledQuery]:
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    shards = sorted(shard_dir.glob("*.tar"))
-    if not shards:
-        raise DataError(f"shard directory {shard_dir} holds no .tar shards")
-    for shard in shards:
-        # Opened here (not by a WebDataset pipeline) so each file is closed; only the JSON member is
-        # read, a shortcut count never needs the pixels.
-        with open(shard, "rb") as stream:
-            members = tar_file_expander([{"url": str(shard), "stream": stream}], select_files=_is_record)
-            for sample in group_by_keys(members):
-                record = decode_record(sample["json"], f"{shard}:{sample['__key__']}")
-                label = "unlabelled" if record.safe is None else ("safe" if record.safe else "unsafe")
-                yield LabelledQuery(label, record.subset or label, record.question)
-
-
-def _is_record(name: str) -> bool:
-    return name.endswith(f".{RECORD_EXT}")
+    # Records only: a shortcut count never needs the pixels.
+    for record in read_records(shard_dir):
+        label = "unlabelled" if record.safe is None else ("safe" if record.safe else "unsafe")
+        yield LabelledQuery(label, record.subset or label, record.question)
 
 
 def labelled_queries(path: str | Path) -> list[LabelledQuery]:
@@ -94,6 +74,7 @@ class FirstWordTable:
     def from_queries(
         cls, queries: Iterable[LabelledQuery], by: Literal["label", "subset"] = "label"
     ) -> FirstWordTable:
+        """Count ``first_word`` of each query per group; groups in ``GROUP_ORDER``, then alphabetical."""
         counts: dict[str, Counter[str]] = {}
         for query in queries:
             group = query.label if by == "label" else query.subset
@@ -151,6 +132,7 @@ class FirstWordTable:
 
 
 def first_word_table(path: str | Path, by: Literal["label", "subset"] = "label") -> FirstWordTable:
+    """The first-word table of a VLGuard-shaped JSON file or a shard directory (see ``labelled_queries``)."""
     return FirstWordTable.from_queries(labelled_queries(path), by)
 
 

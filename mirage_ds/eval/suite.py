@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirage_ds.data.schema import Record, decode_record
-from mirage_ds.data.streamer import list_shards, read_raw_samples
-from mirage_ds.eval.attacks import AttackQuery, OneWordRewriter, attack_queries
+from mirage_ds.data.schema import Record
+from mirage_ds.data.shards import read_samples
+from mirage_ds.eval.attacks.query import AttackQuery, attack_queries
+from mirage_ds.eval.attacks.rewrite import OneWordRewriter
 from mirage_ds.eval.generation import Generator, Prompt
 from mirage_ds.eval.judges import CascadeJudge, Judge, KeywordJudge, PayloadJudge
 from mirage_ds.eval.metrics import AttackReport, Estimate, attack_success_rate, rejection_rate
@@ -58,17 +59,6 @@ class EvalResult:
         }
 
 
-def read_records(shard_dir: Path, limit: int | None = None) -> list[tuple[Record, bytes]]:
-    """Every (record, PNG bytes) of a shard directory, in shard order."""
-    out: list[tuple[Record, bytes]] = []
-    for shard in list_shards(shard_dir):
-        for key, group in read_raw_samples(shard):
-            out.append((decode_record(group["json"], f"{shard}:{key}"), group["png"]))
-            if limit is not None and len(out) >= limit:
-                return out
-    return out
-
-
 def _first_per_label(samples: list[tuple[Record, bytes]], limit: int | None) -> list[tuple[Record, bytes]]:
     if limit is None:
         return samples
@@ -88,7 +78,8 @@ def _harm_judge(records: list[Record], harm: Judge | None, keyword: KeywordJudge
 
 def evaluate(generator: Generator, model_name: str, eval_dir: Path, utility_dir: Path | None,
              settings: EvalSettings, harm: Judge | None = None) -> EvalResult:
-    samples = _first_per_label(read_records(eval_dir), settings.limit)
+    """ASR and RR (before / after the one-word attacks) on ``eval_dir``, VQA utility on ``utility_dir``."""
+    samples = _first_per_label(read_samples(eval_dir), settings.limit)
     records = {r.id: r for r, _ in samples}
     images = {r.id: png for r, png in samples}
     unsafe = attack_queries((r for r, _ in samples), OneWordRewriter(settings.attack_word, settings.seed), settings.shots, safe=False)
@@ -121,7 +112,7 @@ def evaluate(generator: Generator, model_name: str, eval_dir: Path, utility_dir:
     utility = None
     n_utility = 0
     if utility_dir is not None:
-        util = [(r, png) for r, png in read_records(utility_dir, settings.limit) if r.answers]
+        util = [(r, png) for r, png in read_samples(utility_dir, settings.limit) if r.answers]
         n_utility = len(util)
         answers = generator.generate([Prompt(r.id, r.question, png) for r, png in util])
         utility = vqa_score([answers[r.id] for r, _ in util], [r.answers or [] for r, _ in util], seed=settings.seed)

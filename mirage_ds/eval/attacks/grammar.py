@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+from mirage_ds.data.schema import first_word
 
 WH = frozenset({"what", "which", "who", "whom", "whose", "where", "when", "why", "how"})
 COPULA = frozenset({"is", "are", "was", "were"})
@@ -106,12 +109,17 @@ _POLITE = re.compile(
 _INDIRECT = re.compile(r"^(?P<io>(?:me|us)(?:\s+with)?)\s+(?P<x>.+)$", re.I)
 
 
+QueryForm = Literal["howto", "request", "question"]
+
+
 @dataclass(frozen=True)
 class Parsed:
-    kind: str  # "howto" | "request" | "question"
+    """A query read as one of three forms (see the module docstring); unused fields stay empty."""
+
+    kind: QueryForm
     body: str
     subject: str = "one"
-    first: str = ""  # question: first word, lowercased
+    first: str = ""  # question: ``first_word`` of the query
     lead: str = ""  # question: first two words, lowercased
     verb: str = ""
     rest: str = ""
@@ -127,6 +135,7 @@ class Parsed:
 
 
 def lower_first(text: str) -> str:
+    """``text`` with its first letter lower-cased, unless the first word is "I", an "I'" form or an acronym."""
     word = text.split(" ", 1)[0]
     if word == "I" or word.startswith("I'") or (len(word) > 1 and word.isupper()):
         return text
@@ -170,6 +179,7 @@ def _request(text: str) -> Parsed:
 
 
 def parse_query(query: str) -> Parsed:
+    """The form of ``query`` (whitespace collapsed, final punctuation dropped): howto, request or question."""
     text = " ".join(query.split()).rstrip(" .?!")
     for pattern in _HOWTO:
         found = pattern.match(text)
@@ -180,10 +190,11 @@ def parse_query(query: str) -> Parsed:
     if polite:
         inner = parse_query(polite.group("x"))
         return inner if inner.kind == "howto" else _request(polite.group("x"))
-    words = text.lower().split()
-    if words and words[0] not in NON_VERBS:
+    first = first_word(text)
+    # A contraction reads as its first part: "What's X" is a question like "What is X".
+    if first and first.split("'")[0] not in NON_VERBS:
         return _request(text)
-    return Parsed(kind="question", body=text, first=words[0] if words else "", lead=" ".join(words[:2]))
+    return Parsed(kind="question", body=text, first=first, lead=" ".join(text.lower().split()[:2]))
 
 
 def _participle(word: str, after_subject: bool = True) -> bool:
