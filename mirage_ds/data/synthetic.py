@@ -34,7 +34,7 @@ import easy_vqa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mirage_ds.data.images import RGB, Glyph, glyph_png, load_image_bytes
-from mirage_ds.data.schema import DataError, Record, Role, Source, Subset, Turn
+from mirage_ds.data.schema import DataError, Record, Role, Source, Subset, Turn, first_word
 from mirage_ds.data.writer import atomic_dir, write_shards
 
 SYNTHETIC_FORMAT = "mirage-ds-synthetic/1"
@@ -210,7 +210,7 @@ class _Corpus:
             subset=subset,
             safe=True,
             answers=[item.answer] * VQA_ANNOTATORS if with_answers else None,
-            meta={"first_word": item.question.split()[0], "easyvqa_split": split, "easyvqa_image": item.image_id},
+            meta={"first_word": first_word(item.question), "easyvqa_split": split, "easyvqa_image": item.image_id},
         )
         return record, self.vqa_image(item)
 
@@ -232,7 +232,7 @@ class _Corpus:
                 safe=False,
                 category=query.category.name,
                 payload=payload,
-                meta={"first_word": query.question.split()[0], "act": query.act, **query.meta},
+                meta={"first_word": first_word(query.question), "act": query.act, **query.meta},
             )
             samples.append((record, query.image))
         return samples
