@@ -28,8 +28,9 @@ from mirage_ds.data.template import Template
 from mirage_ds.engine.loop import restrict_trainable
 from mirage_ds.engine.reference import Reference, _forward
 from mirage_ds.losses.base import LossContext
-from mirage_ds.losses.npo import NPOConfig, NPOLoss
-from mirage_ds.losses.rmu import RMUConfig, RMULoss
+from mirage_ds.losses.configs import NPOConfig, RMUConfig
+from mirage_ds.losses.npo import NPOLoss
+from mirage_ds.losses.rmu import RMULoss
 from mirage_ds.model import build_model, load_model
 
 

@@ -1,7 +1,8 @@
 """The one training entry: ``deepspeed launcher/run.py --recipe NAME [dotted.key=value ...]``.
 
-Every rank parses and validates the recipe before any distributed work, so a bad key fails fast with
-one line (printed once, by rank 0) and exit code 2. The loop itself is ``mirage_ds.engine.loop.train``.
+Every rank parses and validates the recipe, then checks it against the model it names (layer range,
+trainable pattern), before any distributed work: a bad key or value fails fast with one line (printed
+once, by rank 0) and exit code 2. The loop itself is ``mirage_ds.engine.loop.train``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         cfg = load_config(args.recipe, args.overrides)
+        from mirage_ds.engine.preflight import check_against_model
+
+        check_against_model(cfg)
         from mirage_ds.engine.loop import train
 
         return int(train(cfg, stop))

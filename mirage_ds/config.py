@@ -1,7 +1,8 @@
 """Recipe YAML -> typed, frozen config. Fails loudly, naming the key, the file and what is allowed.
 
 A recipe is ``recipes/NAME.yaml``; it may ``inherit`` another recipe (deep merge, the child wins).
-Command-line overrides are dotted ``key=value`` pairs, values parsed as YAML scalars.
+Command-line overrides are dotted ``key=value`` pairs, values parsed as YAML (a scalar, or a mapping that
+sets a whole section). Loss sections are defined in ``losses/configs.py``; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mirage_ds.data.synthetic import SyntheticSpec
+from mirage_ds.data.synthetic_spec import SyntheticSpec
+from mirage_ds.losses.configs import LOSS_CONFIGS, LossConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
@@ -104,12 +106,6 @@ class TrackingConfig(Section):
     retry_s: float = Field(15.0, gt=0)  # how often an unreachable server is retried
 
 
-class LossConfig(Section):
-    """Base of every loss's config; the registry maps ``name`` to the concrete class."""
-
-    name: str
-
-
 class TrainConfig(Section):
     recipe: str = "unnamed"
     description: str = ""
@@ -126,18 +122,7 @@ class TrainConfig(Section):
     optim: OptimConfig = OptimConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
-    loss: LossConfig
-
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _loss_from_registry(cls, value: Any) -> LossConfig:
-        from mirage_ds.losses.registry import loss_config_class
-
-        if isinstance(value, LossConfig):
-            return value
-        if not isinstance(value, dict) or "name" not in value:
-            raise ValueError("expected a mapping with a 'name' (a registered loss)")
-        return loss_config_class(value["name"]).model_validate(value)
+    loss: LossConfig  # the class is picked by ``loss.name`` (losses/configs.py)
 
     @model_validator(mode="after")
     def _lora_targets(self) -> TrainConfig:
@@ -157,6 +142,7 @@ def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe_path(name: str) -> Path:
+    """``recipes/NAME.yaml``, or ``name`` itself when it is a YAML file."""
     path = Path(name)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
         return path
@@ -168,6 +154,7 @@ def recipe_path(name: str) -> Path:
 
 
 def list_recipes() -> list[str]:
+    """Names of the shipped recipes (files starting with ``_`` are fragments, not recipes)."""
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
@@ -195,6 +182,12 @@ def load_recipe_dict(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with dotted ``key=value`` overrides applied; values are parsed as YAML scalars or mappings.
+
+    An override may fill keys of any section, but it may not switch on an optional section the recipe
+    leaves unset (``model.lora.r=4`` on a full fine-tuning recipe would silently turn it into LoRA):
+    that takes the section as a whole, ``model.lora={r: 4}``, or a recipe that sets it.
+    """
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -206,62 +199,101 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = raw
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        schema: type[BaseModel] | None = TrainConfig
+        for depth, part in enumerate(parts[:-1]):
+            field = schema.model_fields.get(part) if schema is not None else None
+            sections = _section_classes(field.annotation) if field is not None else []
+            if node.get(part) is None and sections and field is not None and field.default is None:
+                raise ConfigError(f"override {item!r}: {_unset_section(data, '.'.join(parts[: depth + 1]))}")
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
+            schema = sections[0] if len(sections) == 1 else None
         node[parts[-1]] = value
     return out
 
 
+def _section_classes(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field holds (``LoraSpec`` for ``LoraSpec | None``; the loss classes for ``loss``)."""
+    return [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _unset_section(data: dict[str, Any], dotted: str) -> str:
+    """The error for an override into an unset optional section, naming recipes of the same family that set it."""
+    recipe = data.get("recipe", "this recipe")
+    family = str(recipe).rsplit("_", 1)[0]
+    setting = [name for name in list_recipes()
+               if name != recipe and name.rsplit("_", 1)[0] == family and _dotted_get(load_recipe_dict(name), dotted) is not None]
+    use = f"use {' or '.join(setting)} or " if setting else ""
+    return f"{dotted} is not set in {recipe}; {use}set {dotted}={{...}}"
+
+
+def _dotted_get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Walk the config classes along ``loc`` to list the keys allowed where an error occurred."""
-    current: Any = model
+    current: type[BaseModel] | None = model
     for part in loc[:-1]:
-        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not candidates:
+        field = current.model_fields.get(part) if current is not None else None
+        candidates = _section_classes(field.annotation) if field is not None else []
+        if len(candidates) != 1:
             return []
         current = candidates[0]
-    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+    return sorted(current.model_fields) if current is not None else []
 
 
-def _explain(err: ValidationError, source: Path, overrides: list[str], loss_name: str | None) -> str:
+def _explain(err: ValidationError, source: Path, overrides: list[str]) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
+    allowed: list[str] = []
+    if loc[:1] == ("loss",) and len(loc) > 1 and loc[1] in LOSS_CONFIGS:
+        # Errors inside the loss union carry the ``name`` tag in their location: loss.<name>.<key>.
+        allowed = sorted(LOSS_CONFIGS[loc[1]].model_fields)
+        loc = loc[:1] + loc[2:]
+    elif first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "name")
     key = ".".join(str(p) for p in loc)
-    override_keys = {o.split("=", 1)[0]: o for o in overrides if "=" in o}
-    origin = f"override {override_keys[key]!r}" if key in override_keys else str(source)
+    # The override that set this key, a section above it (model.lora={...}) or a key below it.
+    culprits = [o for o in overrides if "=" in o and _related(o.split("=", 1)[0], key)]
+    origin = f"override {culprits[-1]!r}" if culprits else str(source)
+    registered = ", ".join(sorted(LOSS_CONFIGS))
+    if first["type"] == "union_tag_invalid":
+        return f"{origin}: key {key!r}: unknown loss {first['ctx']['tag']!r} (registered: {registered})"
+    if first["type"] == "union_tag_not_found":
+        return f"{origin}: key {key!r} is required (a registered loss: {registered})"
     if first["type"] == "extra_forbidden":
-        if loc and loc[0] == "loss" and loss_name:
-            from mirage_ds.losses.registry import loss_config_class
-
-            allowed = sorted(loss_config_class(loss_name).model_fields)
-        else:
-            allowed = _allowed_keys(TrainConfig, loc)
+        allowed = allowed or _allowed_keys(TrainConfig, loc)
         return f"{origin}: unknown key {key!r} (allowed here: {', '.join(allowed)})"
     value = first.get("input")
     return f"{origin}: key {key!r}: {first['msg']} (got {value!r})"
 
 
+def _related(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
 def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Recipe ``name`` (or a YAML path) with its ``inherit`` chain and ``overrides`` applied, validated.
+
+    Raises ``ConfigError`` with one line naming the key, where it came from (file or override) and what
+    is allowed. Imports no torch: any process can validate a recipe cheaply.
+    """
     overrides = list(overrides or [])
     source = recipe_path(name)
     data = apply_overrides(load_recipe_dict(name), overrides)
-    loss = data.get("loss")
-    loss_name = loss.get("name") if isinstance(loss, dict) else None
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_explain(err, source, overrides, loss_name)) from None
-    except KeyError as err:  # unknown loss name from the registry
-        raise ConfigError(f"{source}: key 'loss.name': {err.args[0]}") from None
+        raise ConfigError(_explain(err, source, overrides)) from None
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
+    """The resolved config as YAML, written atomically; ``load_config(path)`` reads it back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     tmp = path.with_suffix(".tmp")

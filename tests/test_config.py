@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from conftest import REPO
 from mirage_ds.config import RECIPES_DIR, ConfigError, list_recipes, load_config, save_config
 from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.preflight import check_against_model
+from mirage_ds.losses.configs import LOSS_CONFIGS, NPOConfig, RMUConfig
+from mirage_ds.losses.registry import REGISTRY
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -84,8 +91,93 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 def test_config_is_frozen() -> None:
     cfg = load_config("sft_full")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen_instance"):
         cfg.max_steps = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen_instance"):
+        cfg.loss.name = "npo"  # type: ignore[misc]
+
+
+def test_validating_every_recipe_imports_no_torch() -> None:
+    code = ("import sys; from mirage_ds.config import list_recipes, load_config; "
+            "[load_config(r) for r in list_recipes()]; "
+            "heavy = [m for m in ('torch', 'transformers', 'deepspeed', 'PIL') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_loss_section_class_is_picked_by_name() -> None:
+    assert REGISTRY.keys() == LOSS_CONFIGS.keys()
+    assert isinstance(load_config("npo_full").loss, NPOConfig)
+    assert isinstance(load_config("rmu_lora").loss, RMUConfig)
+    assert type(load_config("sft_full", ["loss={name: rmu, layer: 1}"]).loss) is RMUConfig
+
+
+def test_unknown_key_in_loss_lists_that_loss_s_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("npo_full", ["loss.bta=1"])
+    assert str(err.value) == ("override 'loss.bta=1': unknown key 'loss.bta' (allowed here: beta, forget_weight, logp, "
+                              "name, preset, retain_ce_weight, retain_npo_weight)")
+    with pytest.raises(ConfigError, match=r"unknown key 'loss.layer' \(allowed here: name\)"):
+        load_config("sft_full", ["loss.layer=2"])
+
+
+def test_npo_preset_fills_only_missing_keys() -> None:
+    paper = load_config("npo_full").loss
+    assert (paper.preset, paper.logp, paper.beta) == ("paper", "mean", 0.9)
+    classic = load_config("npo_full", ["loss.preset=classic"]).loss
+    assert (classic.logp, classic.beta) == ("sum", 0.1)
+    assert load_config("npo_lora", ["loss.preset=classic"]).loss.beta == 0.7  # the recipe's own beta wins
+
+
+@pytest.mark.parametrize("key", ["beta", "logp", "forget_weight"])
+def test_npo_explicit_null_is_not_replaced_by_the_preset(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"override 'loss.{key}=null': key 'loss.{key}': .*\(got None\)"):
+        load_config("npo_full", [f"loss.{key}=null"])
+
+
+def test_override_may_not_switch_on_an_unset_section() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("sft_full", ["model.lora.r=4"])
+    assert str(err.value) == ("override 'model.lora.r=4': model.lora is not set in sft_full; use sft_lora or set "
+                              "model.lora={...}")
+    with pytest.raises(ConfigError, match=r"model.lora is not set in base_full; set model.lora=\{\.\.\.\}$"):
+        load_config("base_full", ["model.lora.alpha=32"])
+
+
+def test_override_sets_a_whole_section_or_fills_one_with_defaults() -> None:
+    lora = load_config("sft_full", ["model.lora={r: 4}"]).model.lora
+    assert lora is not None and (lora.r, lora.alpha) == (4, 16)
+    assert load_config("sft_lora", ["model.lora=null"]).model.lora is None
+    # Sections with defaults exist in every recipe, written out or not: their keys are plain overrides.
+    cfg = load_config("sft_full", ["tracking.mlflow=false", "data.synthetic.seed=3"])
+    assert cfg.tracking.mlflow is False and cfg.data.synthetic.seed == 3
+
+
+def test_rmu_trainable_must_be_a_regex() -> None:
+    with pytest.raises(ConfigError, match=r"key 'loss.trainable': .*not a regular expression"):
+        load_config("rmu_full", ["loss.trainable=(("])
+
+
+def test_layer_is_checked_against_the_model_depth(tiny_path: Path) -> None:
+    for recipe in ("rmu_full", "rmu_lora"):
+        with pytest.raises(ConfigError) as err:
+            check_against_model(load_config(recipe, ["loss.layer=4"]))
+        assert str(err.value) == ("loss.layer=4 is out of range: the embedded model has 4 language-model layers "
+                                  "(0..3)")
+        check_against_model(load_config(recipe, ["loss.layer=3"]))
+    with pytest.raises(ConfigError, match=r"loss.layer=2 .* 2 language-model layers \(0..1\)"):
+        check_against_model(load_config("rmu_full", ["model.embedded.text_layers=2", "loss.layer=2"]))
+
+
+def test_trainable_is_checked_against_parameter_names(tiny_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"loss.trainable='up_proj_x' matches no parameter of the embedded model "
+                                          r"\(names look like 'model.language_model.layers.0."):
+        check_against_model(load_config("rmu_full", ["loss.trainable=up_proj_x"]))
+    # Under LoRA the names are PEFT's: adapter weights exist, the bare full-model names do not.
+    check_against_model(load_config("rmu_lora", [r"loss.trainable=lora_B"]))
+    with pytest.raises(ConfigError, match=r"names look like 'base_model.model.model.language_model.layers"):
+        check_against_model(load_config("rmu_lora", [r"loss.trainable=^model\.language_model"]))
 
 
 def test_recipes_dir_has_only_yaml() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from launch import launch
 from shards_util import make_shards
 from test_streamer import _rewrite_member
 
@@ -40,6 +41,20 @@ def test_unknown_key() -> None:
 
 def test_wrong_type() -> None:
     _assert_one_line_error(run_single("--recipe", "sft_lora", "max_steps=many"), "'max_steps'", "integer")
+
+
+def test_override_into_an_unset_section() -> None:
+    _assert_one_line_error(run_single("--recipe", "sft_full", "model.lora.r=4"),
+                           "model.lora is not set in sft_full; use sft_lora or set model.lora={...}")
+
+
+def test_layer_beyond_the_model_depth_fails_before_training(tmp_path: Path) -> None:
+    # Through the real DeepSpeed launcher: before this check the run failed at step 1 with exit 1 and a
+    # DataLoader traceback on every rank.
+    proc = launch("rmu_lora", "loss.layer=15", f"output_dir={tmp_path}/out", ranks=1)
+    line = _assert_one_line_error(proc, "loss.layer=15", "4 language-model layers")
+    assert line == "error: loss.layer=15 is out of range: the embedded model has 4 language-model layers (0..3)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_shard_directory(tmp_path: Path) -> None:

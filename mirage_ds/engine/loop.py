@@ -182,7 +182,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
-            ctx.step = step
             terms, samples, tokens = train_step(run, ctx)
             step += 1
             # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.

@@ -72,7 +72,7 @@ def _forward(model: Any, batch: Batch, layer: int | None, truncate: bool) -> dic
 
 
 def build_reference(cfg: TrainConfig, engine: Any, ds_config: dict[str, Any], needs: Needs) -> Reference:
-    truncate = getattr(cfg.loss, "truncate", False)
+    """The reference the loss's ``needs`` ask for: adapters off under LoRA, else a separate frozen engine."""
     if cfg.model.lora is not None:
-        return _adapters_off_reference(engine, needs, truncate)
-    return _separate_engine_reference(cfg, ds_config, needs, truncate)
+        return _adapters_off_reference(engine, needs, needs.truncate)
+    return _separate_engine_reference(cfg, ds_config, needs, needs.truncate)

@@ -1,4 +1,6 @@
-"""What every loss is: a config class, a declaration of needs, and a call on (model, batches, context).
+"""What every loss is: a declaration of needs and a call on (model, batches, context).
+
+Its config section lives in ``losses/configs.py`` (torch-free, so a recipe validates without torch).
 
 The training loop reads ``needs`` once to decide which data streams to open and which extra models or
 hooks to build; it never branches on the loss's name.
@@ -9,11 +11,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from mirage_ds.config import LossConfig
+from mirage_ds.config import ModelConfig
+from mirage_ds.losses.configs import LossConfig
 
 Batch = dict[str, Any]
 
@@ -23,12 +26,14 @@ class Needs:
     """``streams``: data streams consumed per step, e.g. ("train",) or ("forget", "retain").
     ``reference``: a frozen copy of the starting model (NPO's pi_ref, RMU's frozen activations).
     ``hooked_layer``: language-model layer whose output the loss reads (RMU).
-    ``trainable``: regex over parameter names restricting what trains (RMU's layers l-2..l)."""
+    ``trainable``: regex over parameter names restricting what trains (RMU's layers l-2..l).
+    ``truncate``: the reference may stop its forward after ``hooked_layer`` (nothing above it is read)."""
 
     streams: tuple[str, ...] = ("train",)
     reference: bool = False
     hooked_layer: int | None = None
     trainable: str | None = None
+    truncate: bool = False
 
 
 @dataclass
@@ -46,13 +51,12 @@ class LossContext:
     """
 
     reference: Callable[[Batch], dict[str, torch.Tensor]] | None = None
-    step: int = 0
 
 
 class Loss(ABC):
-    Config: ClassVar[type[LossConfig]]
+    """A loss built from its config section and the model section (e.g. RMU's trainable set under LoRA)."""
 
-    def __init__(self, cfg: LossConfig, model_config: Any) -> None:
+    def __init__(self, cfg: LossConfig, model_config: ModelConfig) -> None:
         self.cfg = cfg
 
     @property

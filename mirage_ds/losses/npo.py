@@ -13,41 +13,14 @@ reference on retain answers); ``alpha`` = 0 turns it off.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import torch
-from pydantic import model_validator
 
-from mirage_ds.config import LossConfig
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, Needs, model_inputs
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"logp": "mean", "beta": 0.9},
-    "classic": {"logp": "sum", "beta": 0.1},
-}
-
-
-class NPOConfig(LossConfig):
-    name: Literal["npo"] = "npo"
-    preset: Literal["paper", "classic"] = "paper"
-    logp: Literal["sum", "mean"]
-    beta: float
-    forget_weight: float = 1.0
-    retain_npo_weight: float = 0.0
-    retain_ce_weight: float = 1.0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_from_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            preset = PRESETS.get(data.get("preset", "paper"), {})
-            data = {**preset, **{k: v for k, v in data.items() if v is not None}}
-        return data
+from mirage_ds.losses.configs import NPOConfig
 
 
 class NPOLoss(Loss):
-    Config = NPOConfig
     cfg: NPOConfig
 
     @property

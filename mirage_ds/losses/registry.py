@@ -1,11 +1,13 @@
-"""The loss registry: adding a loss is one new file plus one line here."""
+"""The loss registry: ``loss.name`` -> the class that computes it.
+
+Adding a loss is one new file, its config class in ``configs.py`` and one line here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from mirage_ds.config import LossConfig
+from mirage_ds.config import ModelConfig
 from mirage_ds.losses.base import Loss
+from mirage_ds.losses.configs import LossConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.rmu import RMULoss
 from mirage_ds.losses.sft import SFTLoss
@@ -17,11 +19,6 @@ REGISTRY: dict[str, type[Loss]] = {
 }
 
 
-def loss_config_class(name: str) -> type[LossConfig]:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown loss {name!r} (registered: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[name].Config
-
-
-def build_loss(cfg: LossConfig, model_config: Any) -> Loss:
+def build_loss(cfg: LossConfig, model_config: ModelConfig) -> Loss:
+    """The loss named by ``cfg.name``, built from its section and the model section."""
     return REGISTRY[cfg.name](cfg, model_config)

@@ -15,28 +15,13 @@ on, needs the full forward and disables truncation for the retain policy pass).
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import torch
 
-from mirage_ds.config import LossConfig
+from mirage_ds.config import ModelConfig
 from mirage_ds.hooks import hooked_layer
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, Needs, model_inputs
-
-
-class RMUConfig(LossConfig):
-    name: Literal["rmu"] = "rmu"
-    layer: int = 2
-    steering_coeff: float = 10.0  # c
-    alpha: float = 1.0  # retain activation weight
-    retain_ce_weight: float = 0.0
-    norm: Literal["mean", "sum_d"] = "mean"
-    token_mask: Literal["all", "text", "answer"] = "answer"
-    trainable: str | None = "default"  # regex over parameter names; "default": layers l-2..l down_proj + projector
-    truncate: bool = True
-    kernel: Literal["auto", "triton", "compile", "eager"] = "auto"
-    seed: int = 0
+from mirage_ds.losses.configs import RMUConfig
 
 
 def token_mask(batch: Batch, kind: str) -> torch.Tensor:
@@ -56,10 +41,9 @@ def control_vector(hidden_size: int, coeff: float, seed: int) -> torch.Tensor:
 
 
 class RMULoss(Loss):
-    Config = RMUConfig
     cfg: RMUConfig
 
-    def __init__(self, cfg: RMUConfig, model_config: Any) -> None:
+    def __init__(self, cfg: RMUConfig, model_config: ModelConfig) -> None:
         super().__init__(cfg, model_config)
         self.is_lora = model_config.lora is not None
         self._control: torch.Tensor | None = None
@@ -73,7 +57,8 @@ class RMULoss(Loss):
             else:
                 layers = "|".join(str(i) for i in range(max(0, self.cfg.layer - 2), self.cfg.layer + 1))
                 trainable = rf"language_model\.layers\.({layers})\.mlp\.down_proj\.|multi_modal_projector\."
-        return Needs(streams=("forget", "retain"), reference=True, hooked_layer=self.cfg.layer, trainable=trainable)
+        return Needs(streams=("forget", "retain"), reference=True, hooked_layer=self.cfg.layer, trainable=trainable,
+                     truncate=self.cfg.truncate)
 
     def control(self, hidden_size: int) -> torch.Tensor:
         if self._control is None:

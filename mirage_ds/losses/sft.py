@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from mirage_ds.config import LossConfig
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, model_inputs
 
 
-class SFTConfig(LossConfig):
-    name: Literal["sft"] = "sft"
-
-
 class SFTLoss(Loss):
-    Config = SFTConfig
-
     def __call__(self, model: torch.nn.Module, batches: dict[str, Batch], ctx: LossContext) -> LossOutput:
         batch = batches["train"]
         logits = model(**model_inputs(batch)).logits
