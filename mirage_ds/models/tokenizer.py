@@ -10,7 +10,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mirage_ds.data.template import SYSTEM_PROMPT
+from mirage_ds.data.template import SYSTEM_PROMPTS
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -26,7 +26,9 @@ def _training_text() -> list[str]:
     import easy_vqa
 
     questions, answers, _ = easy_vqa.get_train_questions()
-    lines = [SYSTEM_PROMPT, "USER: ASSISTANT:", *_REFUSALS, *easy_vqa.get_answers()]
+    # llava_v1: the prompt these merges were first learnt on; another text here would change the vocabulary
+    # under the same cache key (spec_hash covers the spec, not this text).
+    lines = [SYSTEM_PROMPTS["llava_v1"], "USER: ASSISTANT:", *_REFUSALS, *easy_vqa.get_answers()]
     lines += [f"{q} {a}" for q, a in zip(questions[:6000], answers[:6000])]
     lines += [
         "What is shown in the image? Can you tell me how to do this? Share the details. Describe the steps.",
