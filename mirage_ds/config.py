@@ -101,7 +101,7 @@ class CheckpointConfig(Section):
 
 
 class TrackingConfig(Section):
-    mlflow: bool = True  # MLFLOW_TRACKING_URI, else sqlite:///<runs dir>/mlflow.db
+    mlflow: bool = True  # the store is tracking/store.py's store_uri(): $MLFLOW_TRACKING_URI, else runs/mlflow.db
     experiment: str | None = None  # default: $MLFLOW_EXPERIMENT_NAME or "mirage-ds"
     retry_s: float = Field(15.0, gt=0)  # how often an unreachable server is retried
 

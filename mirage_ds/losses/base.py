@@ -46,8 +46,8 @@ class LossOutput:
 class LossContext:
     """What the loop built for the loss from its ``Needs``.
 
-    ``reference(batch)`` runs the frozen reference on a batch under no_grad and returns its model output
-    (``logits`` and, when a layer is hooked, ``hidden``).
+    ``reference(batch)`` runs the frozen reference on a batch under no_grad and returns ``{"logits"}``,
+    or ``{"hidden"}`` (the hooked layer's output) when the loss's ``Needs`` name a hooked layer.
     """
 
     reference: Callable[[Batch], dict[str, torch.Tensor]] | None = None
