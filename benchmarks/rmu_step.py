@@ -26,12 +26,13 @@ from mirage_ds.data.schema import Record, Turn
 from mirage_ds.data.streamer import collate_padded
 from mirage_ds.data.template import Template
 from mirage_ds.engine.loop import restrict_trainable
-from mirage_ds.engine.reference import Reference, _forward
-from mirage_ds.losses.base import LossContext
+from mirage_ds.engine.reference import Reference
+from mirage_ds.losses.base import LossContext, model_inputs
 from mirage_ds.losses.configs import NPOConfig, RMUConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.rmu import RMULoss
-from mirage_ds.model import build_model, load_model
+from mirage_ds.models.hooks import hooked_forward
+from mirage_ds.models.loading import build_model, load_model
 
 
 def spec(args: argparse.Namespace) -> TinyModelSpec:
@@ -60,7 +61,7 @@ def rmu_step_time(args: argparse.Namespace, truncate: bool) -> float:
     loss_fn = RMULoss(RMUConfig(layer=layer, truncate=truncate, kernel="eager"), cfg)
     restrict_trainable(bundle.model, loss_fn.needs.trainable)
     frozen = load_model(bundle.path, cfg).eval().requires_grad_(False)
-    ctx = LossContext(reference=Reference(lambda b: _forward(frozen, b, layer, truncate), frozen))
+    ctx = LossContext(reference=Reference(lambda b: hooked_forward(frozen, model_inputs(b), layer, truncate), frozen))
     optimizer = torch.optim.AdamW([p for p in bundle.model.parameters() if p.requires_grad], lr=1e-4)
     data = batches(bundle, args.batch)
     times = []
@@ -83,12 +84,12 @@ def npo_peak_rss(args: argparse.Namespace, variant: str) -> None:
 
         def run(batch: dict) -> dict:
             with peft_model.disable_adapter():
-                return _forward(peft_model, batch, None, False)
+                return {"logits": peft_model(**model_inputs(batch)).logits}
 
         reference = Reference(run, peft_model)
     else:
         frozen = load_model(bundle.path, cfg).eval().requires_grad_(False)
-        reference = Reference(lambda batch: _forward(frozen, batch, None, False), frozen)
+        reference = Reference(lambda batch: {"logits": frozen(**model_inputs(batch)).logits}, frozen)
     loss_fn = NPOLoss(NPOConfig.model_validate({"preset": "paper"}), cfg)
     loss_fn(bundle.model, batches(bundle, args.batch), LossContext(reference=reference)).loss.backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

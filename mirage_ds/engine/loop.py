@@ -36,7 +36,7 @@ from mirage_ds.engine.reference import Reference, build_reference
 from mirage_ds.engine.stop import StopSignal
 from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
-from mirage_ds.model import DTYPES, ModelBundle, build_model, resolve_model_path
+from mirage_ds.models.loading import DTYPES, ModelBundle, build_model, resolve_model_path
 from mirage_ds.tracking import build_tracker, system_metrics, truncate_metrics
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The frozen reference model (NPO's pi_ref, RMU's frozen activations) and the hooked, truncated forward.
+"""The frozen reference model (NPO's pi_ref, RMU's frozen activations, through ``models.hooks.hooked_forward``).
 
 Two distributed special cases live here, one function each:
 - LoRA: the reference is the policy with its adapters disabled. No second copy: the base weights are
@@ -19,8 +19,8 @@ import torch
 from mirage_ds.config import TrainConfig
 from mirage_ds.engine.distributed import zero3_construction
 from mirage_ds.losses.base import Batch, Needs, model_inputs
-from mirage_ds.hooks import hooked_layer
-from mirage_ds.model import load_model, resolve_model_path
+from mirage_ds.models.hooks import hooked_forward
+from mirage_ds.models.loading import load_model, resolve_model_path
 
 
 class Reference:
@@ -66,9 +66,7 @@ def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], need
 def _forward(model: Any, batch: Batch, layer: int | None, truncate: bool) -> dict[str, torch.Tensor]:
     if layer is None:
         return {"logits": model(**model_inputs(batch)).logits}
-    with hooked_layer(model.module if hasattr(model, "module") else model, layer, truncate) as captured:
-        model(**model_inputs(batch), logits_to_keep=1)
-    return {"hidden": captured["hidden"]}
+    return hooked_forward(model, model_inputs(batch), layer, truncate)
 
 
 def build_reference(cfg: TrainConfig, engine: Any, ds_config: dict[str, Any], needs: Needs) -> Reference:

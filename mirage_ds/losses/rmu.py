@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from mirage_ds.config import ModelConfig
-from mirage_ds.hooks import hooked_layer
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, Needs, model_inputs
 from mirage_ds.losses.configs import RMUConfig
+from mirage_ds.models.hooks import hooked_forward
 
 
 def token_mask(batch: Batch, kind: str) -> torch.Tensor:
@@ -68,30 +68,26 @@ class RMULoss(Loss):
     def state(self) -> dict[str, torch.Tensor]:
         return {"control": self._control} if self._control is not None else {}
 
-    def _hidden(self, model: torch.nn.Module, batch: Batch, truncate: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        module = model.module if hasattr(model, "module") else model
-        with hooked_layer(module, self.cfg.layer, truncate) as captured:
-            out = model(**model_inputs(batch), **({"logits_to_keep": 1} if truncate else {}))
-        return captured["hidden"], (None if truncate else out.logits)
-
     def __call__(self, model: torch.nn.Module, batches: dict[str, Batch], ctx: LossContext) -> LossOutput:
         cfg = self.cfg
         assert ctx.reference is not None
         forget, retain = batches["forget"], batches["retain"]
 
-        h_forget, _ = self._hidden(model, forget, cfg.truncate)
+        h_forget = hooked_forward(model, model_inputs(forget), cfg.layer, cfg.truncate)["hidden"]
         control = self.control(h_forget.shape[-1]).to(h_forget.device)
         forget_loss = F.rmu_forget(h_forget, control, token_mask(forget, cfg.token_mask), cfg.norm, kernel=cfg.kernel)
 
         need_logits = cfg.retain_ce_weight > 0
-        h_retain, retain_logits = self._hidden(model, retain, cfg.truncate and not need_logits)
+        policy_retain = hooked_forward(model, model_inputs(retain), cfg.layer, cfg.truncate and not need_logits,
+                                       logits=need_logits)
+        h_retain = policy_retain["hidden"]
         h_frozen = ctx.reference(retain)["hidden"]
         retain_loss = F.rmu_retain(h_retain, h_frozen, token_mask(retain, cfg.token_mask), cfg.norm, kernel=cfg.kernel)
 
         total = forget_loss + cfg.alpha * retain_loss
         terms = {"forget": float(forget_loss.detach()), "retain": float(retain_loss.detach())}
         if need_logits:
-            ce = F.sft(retain_logits, retain["labels"])
+            ce = F.sft(policy_retain["logits"], retain["labels"])
             total = total + cfg.retain_ce_weight * ce
             terms["ce"] = float(ce.detach())
         return LossOutput(loss=total, terms=terms)
