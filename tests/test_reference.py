@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import deepspeed
+import pytest
 import torch
 
-from mirage_ds.config import LoraSpec, ModelConfig
+from launch import free_port
+from mirage_ds.config import load_config
 from mirage_ds.data.images import placeholder_png
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.schema import Turn
 from mirage_ds.data.streamer import collate_padded
 from mirage_ds.data.template import Template
+from mirage_ds.engine.distributed import init_distributed, teardown_distributed
+from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.reference import build_reference
 from mirage_ds.models.hooks import hooked_layer
 from mirage_ds.losses import functional as F
+from mirage_ds.losses.registry import build_loss
 from mirage_ds.models.loading import build_model, load_model
 
 
@@ -30,24 +39,53 @@ def _inputs(batch: dict) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
 
 
-def test_adapters_disabled_logp_equals_separately_loaded_base(tiny_path) -> None:
+@pytest.fixture(scope="module")
+def one_rank() -> Iterator[None]:
+    """A world of one (gloo), as a plain ``python launcher/run.py`` gets, torn down after the module."""
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(free_port())}.items():
+            env.setenv(key, value)
+        init_distributed()
+        try:
+            yield
+        finally:
+            teardown_distributed(clean=True)
+
+
+@pytest.mark.parametrize("recipe", ["npo_lora", "rmu_lora"])
+def test_adapters_off_reference_equals_separately_loaded_base(recipe: str, one_rank, tiny_path) -> None:
+    """The LoRA reference that training builds (``build_reference`` on the run's engine) is the base model:
+    equal to a separately loaded copy without adapters, different from the adapted policy."""
+    cfg = load_config(recipe, ["micro_batch_size=2"])
+    needs = build_loss(cfg.loss, cfg.model).needs
     torch.manual_seed(0)
-    lora = build_model(ModelConfig(lora=LoraSpec(r=4, alpha=8)))
-    # Make the adapter non-trivial (LoRA-B starts at zero) so "disabled" is a real switch.
+    bundle = build_model(cfg.model)
+    # Make the adapter non-trivial (LoRA-B starts at zero) so "adapters off" is a real switch.
     with torch.no_grad():
-        for name, p in lora.model.named_parameters():
+        for name, p in bundle.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    base = load_model(tiny_path, ModelConfig()).eval()
-    batch = _batch(lora)
-    lora.model.eval()
+    # The recipe's own DeepSpeed config (ZeRO-3): even on one rank the forwards go through its gather hooks.
+    ds_config = build_ds_config(cfg, 1, bundle.model.config.text_config.hidden_size)
+    engine, *_ = deepspeed.initialize(model=bundle.model, config=ds_config)
+    engine.eval()
+    reference = build_reference(cfg, engine, ds_config, needs)
+    base = load_model(tiny_path, cfg.model).eval()
+    batch = _batch(bundle)
     with torch.no_grad():
-        with lora.model.disable_adapter():
-            off = F.sequence_logp(lora.model(**_inputs(batch)).logits, batch["labels"], "sum")
-        on = F.sequence_logp(lora.model(**_inputs(batch)).logits, batch["labels"], "sum")
-        ref = F.sequence_logp(base(**_inputs(batch)).logits, batch["labels"], "sum")
-    torch.testing.assert_close(off, ref, atol=1e-6, rtol=0)
-    assert (on - ref).abs().max() > 1e-3
+        got = reference(batch)
+        if needs.hooked_layer is None:
+            off = F.sequence_logp(got["logits"], batch["labels"], "sum")
+            want = F.sequence_logp(base(**_inputs(batch)).logits, batch["labels"], "sum")
+            adapted = F.sequence_logp(engine(**_inputs(batch)).logits, batch["labels"], "sum")
+        else:
+            off = got["hidden"]
+            want = base(**_inputs(batch), output_hidden_states=True).hidden_states[needs.hooked_layer + 1]
+            adapted = engine(**_inputs(batch), output_hidden_states=True).hidden_states[needs.hooked_layer + 1]
+    torch.testing.assert_close(off, want, atol=1e-5, rtol=1e-6)
+    # ``adapted`` ran after the reference, so this also shows the adapters were switched back on.
+    assert (adapted - want).abs().max() > 1e-3
 
 
 def test_hook_captures_output_hidden_states_and_truncation_matches(tiny_bundle) -> None:
