@@ -26,7 +26,7 @@ from mirage_ds.data.images import load_image_bytes
 from mirage_ds.data.preprocess import Preprocessor, expand_to_square
 from mirage_ds.data.schema import Record, Turn
 from mirage_ds.data.streamer import Batches, ShardStream, collate_padded
-from mirage_ds.data.template import IGNORE_INDEX, SYSTEM_PROMPT, Template
+from mirage_ds.data.template import IGNORE_INDEX, SYSTEM_PROMPTS, Template
 from mirage_ds.data.writer import write_shards
 from mirage_ds.models.loading import build_model
 
@@ -63,7 +63,7 @@ class NaiveDataset(Dataset):
         image = expand_to_square(Image.open(item["image"]).convert("RGB"), self.fill)
         pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         q, a = item["conversations"][0]["value"], item["conversations"][1]["value"]
-        prompt = f"{SYSTEM_PROMPT} USER: <image>\n{q} ASSISTANT:"
+        prompt = f"{SYSTEM_PROMPTS['vicuna_v1']} USER: <image>\n{q} ASSISTANT:"
         text = f"{prompt} {a}</s>"
         ids = self._expand(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         prefix = len(self._expand(self.tokenizer(prompt, add_special_tokens=True)["input_ids"]))

@@ -42,3 +42,11 @@ def synthetic_corpus() -> Path:
     from mirage_ds.data.synthetic import SyntheticSpec
 
     return ensure_synthetic(SyntheticSpec())
+
+
+@pytest.fixture(scope="session")
+def hub_path() -> Path:
+    """A stand-in for llava-hf/llava-1.5-7b-hf: the hub's layout and files, tiny tensors (tests/hub_standin.py)."""
+    from hub_standin import ensure_hub_standin
+
+    return ensure_hub_standin(VLGUARD / "train.json")

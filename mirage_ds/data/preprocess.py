@@ -33,7 +33,8 @@ class Preprocessor:
         self.pad_to_square = pad_to_square
         self.dtype = dtype
         mean = getattr(image_processor, "image_mean", [0.5, 0.5, 0.5])
-        self.fill = tuple(int(round(m * 255)) for m in mean)
+        # LLaVA's expand2square colour truncates: (122, 116, 104) for CLIP's mean, not the rounded (123, 117, 104).
+        self.fill = tuple(int(m * 255) for m in mean)
 
     def pixels(self, image_bytes: bytes, where: str) -> torch.Tensor:
         """[3, H, W] pixel values in the model's dtype."""

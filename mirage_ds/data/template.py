@@ -1,15 +1,20 @@
-"""LLaVA-1.5 ``vicuna_v1`` template and THE one place where labels are masked.
+"""LLaVA-1.5 conversation templates and THE one place where labels are masked.
 
-Prompt shape (LLaVA's ``conv_vicuna_v1``: sep " ", sep2 "</s>")::
+Prompt (LLaVA's ``conv_vicuna_v1`` / ``conv_llava_v1``: sep " ", sep2 "</s>")::
 
     <s>SYSTEM USER: <image>\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>
 
-Loss is taken only on assistant answers and their ``</s>``. Each segment is tokenised on its own and the
-ids are concatenated, so the mask boundaries are exact by construction (no re-tokenisation offsets).
+The ids are LLaVA's (``tokenizer_image_token``): the prompt string is split only at ``<image>`` and each
+side is tokenised whole, the text before the image as a call with ``<s>``, the text after it as a call of
+its own (so a Llama tokenizer puts a "▁" before its leading "\\n", as in LLaVA's training). A Llama
+tokenizer therefore sees "▁A1" after "ASSISTANT:", never an extra "▁" from tokenising the answer alone.
 ``<image>`` becomes ``n_image_tokens`` copies of the image token id, as the model expects after
-``LlavaProcessor`` expansion (576 for LLaVA-1.5 at 336 px; (image_size/patch)^2 for the tiny model).
-Training and evaluation both call ``encode``; evaluation passes only the user turn and gets the prompt
-ending in ``ASSISTANT:``.
+``LlavaProcessor`` expansion (576 for LLaVA-1.5 at 336 px).
+
+Labels are what LLaVA's ``preprocess_v1`` trains: each answer from the token that holds the space after
+"ASSISTANT:" through its "</s>". They are read from the tokenizer's character offsets, so the mask needs
+none of ``preprocess_v1``'s per-round length arithmetic. Training and evaluation both call ``encode``;
+evaluation passes turns that end with a user turn and gets the prompt ending in "ASSISTANT:".
 """
 
 from __future__ import annotations
@@ -22,10 +27,19 @@ from transformers import PreTrainedTokenizerBase
 from mirage_ds.data.schema import SampleError, Turn
 
 IGNORE_INDEX = -100
-SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
+IMAGE_PLACEHOLDER = "<image>"
+SYSTEM_PROMPTS: dict[str, str] = {
+    # LLaVA-1.5 was trained with this one (``--version v1``): fine-tuning starts from it.
+    "vicuna_v1": (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    ),
+    # LLaVA's ``conv_llava_v1``: the Safety Mirage evaluation scripts prompt with it.
+    "llava_v1": (
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -45,66 +59,94 @@ class Encoded:
 
 
 class Template:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, n_image_tokens: int, max_length: int) -> None:
+    """LLaVA's prompt for ``turns`` under the system prompt ``name`` (a key of ``SYSTEM_PROMPTS``)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, n_image_tokens: int, max_length: int,
+                 name: str = "vicuna_v1") -> None:
+        if name not in SYSTEM_PROMPTS:
+            raise ValueError(f"unknown template {name!r}; known: {', '.join(SYSTEM_PROMPTS)}")
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer needs bos and eos tokens for the vicuna_v1 template")
+            raise ValueError("the tokenizer needs bos and eos tokens for LLaVA's templates")
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError("the template needs a fast (tokenizers-backed) tokenizer: labels come from its offsets")
         self.tokenizer = tokenizer
         self.n_image_tokens = n_image_tokens
         self.max_length = max_length
-        self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.system = SYSTEM_PROMPTS[name]
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-            raise ValueError("the tokenizer has no '<image>' token")
+            raise ValueError(f"the tokenizer has no {IMAGE_PLACEHOLDER!r} token")
+        # The Rust tokenizer directly: it gives the offsets the mask needs, and the Python wrapper's per-call
+        # overhead would be most of the template's cost.
+        self._backend = backend
+        # The text before the image never changes: tokenised once, with <s> in front as Llama's call adds it.
+        self._head_text = f"{self.system} USER: "
+        self._head_ids = [tokenizer.bos_token_id] + backend.encode(self._head_text, add_special_tokens=False).ids
 
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        # The Rust tokenizer directly: the Python wrapper's per-call overhead is most of the template's cost.
-        self._encode = (lambda text: backend.encode(text, add_special_tokens=False).ids) if backend is not None else (
-            lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-        )
-        self._constant: dict[str, list[int]] = {}
+    def _render(self, turns: Sequence[Turn], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
+        """LLaVA's prompt string and the character spans of the trained parts (" " + answer + "</s>")."""
+        text = f"{self.system} "
+        spans: list[tuple[int, int]] = []
+        for i, turn in enumerate(turns):
+            if turn.role == "user":
+                # LLaVA's preprocess_multimodal: the image leads the first question, which is stripped.
+                question = f"{IMAGE_PLACEHOLDER}\n{turn.text.strip()}" if i == 0 else turn.text
+                text += f"USER: {question} "
+            else:
+                text += "ASSISTANT:"
+                start = len(text)
+                text += f" {turn.text}{self.tokenizer.eos_token}"
+                spans.append((start, len(text)))
+        if add_generation_prompt:
+            text += "ASSISTANT:"
+        return text, spans
 
-    def _ids(self, text: str) -> list[int]:
-        return self._encode(text)
-
-    def _constant_ids(self, text: str) -> list[int]:
-        """Segments that never change (system prompt, role tags) are tokenised once."""
-        if text not in self._constant:
-            self._constant[text] = self._encode(text)
-        return self._constant[text]
+    def text(self, turns: Sequence[Turn], add_generation_prompt: bool = False) -> str:
+        """The prompt string (one ``<image>`` placeholder), as LLaVA's ``conv.get_prompt()`` builds it."""
+        return self._render(turns, add_generation_prompt)[0]
 
     def encode(self, turns: Sequence[Turn], where: str = "<sample>", add_generation_prompt: bool = False) -> Encoded:
         """Token ids and labels for a conversation; with ``add_generation_prompt`` the last turn is a user turn."""
-        segments: list[tuple[list[int], bool, bool]] = [([self.tokenizer.bos_token_id], False, False)]
-        for i, turn in enumerate(turns):
-            if turn.role == "user":
-                head = f"{SYSTEM_PROMPT} USER: " if i == 0 else "USER: "
-                body = f"\n{turn.text} ASSISTANT:" if i == 0 else f"{turn.text} ASSISTANT:"
-                segments.append((self._constant_ids(head), False, False))
-                if i == 0:
-                    segments.append(([self.image_token_id] * self.n_image_tokens, False, True))
-                segments.append((self._ids(body), False, False))
-            else:
-                segments.append((self._ids(f" {turn.text}") + [self.tokenizer.eos_token_id], True, False))
         if add_generation_prompt and turns[-1].role != "user":
             raise ValueError(f"{where}: a generation prompt must end with a user turn")
+        text, spans = self._render(turns, add_generation_prompt)
+        if not text.startswith(self._head_text + IMAGE_PLACEHOLDER) or text.count(IMAGE_PLACEHOLDER) != 1:
+            raise SampleError(f"{where}: the first turn must be the user's and no text may hold {IMAGE_PLACEHOLDER!r}")
+        tail_start = len(self._head_text) + len(IMAGE_PLACEHOLDER)
+        tail = self._backend.encode(text[tail_start:], add_special_tokens=False)
+        trained = self._trained(tail.offsets, [(s - tail_start, e - tail_start) for s, e in spans], where)
 
-        input_ids: list[int] = []
-        labels: list[int] = []
-        image_mask: list[bool] = []
-        for ids, trained, is_image in segments:
-            input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
-            image_mask += [is_image] * len(ids)
+        n_head, n_image = len(self._head_ids), self.n_image_tokens
+        input_ids = self._head_ids + [self.image_token_id] * n_image + tail.ids
+        labels = [IGNORE_INDEX] * (n_head + n_image) + [i if t else IGNORE_INDEX for i, t in zip(tail.ids, trained)]
+        image_mask = [False] * n_head + [True] * n_image + [False] * len(tail.ids)
 
         if len(input_ids) > self.max_length:
-            image_end = max(i for i, m in enumerate(image_mask) if m) + 1
-            if image_end >= self.max_length or add_generation_prompt:
+            if n_head + n_image >= self.max_length or add_generation_prompt:
                 raise SampleError(
                     f"{where}: {len(input_ids)} tokens do not fit data.max_length={self.max_length} "
-                    f"(the image alone takes {self.n_image_tokens})"
+                    f"(the image alone takes {n_image})"
                 )
             # Truncate the tail, as LLaVA does; the image and the first question stay whole.
             input_ids, labels, image_mask = (x[: self.max_length] for x in (input_ids, labels, image_mask))
         return Encoded(input_ids=input_ids, labels=labels, image_mask=image_mask)
+
+    @staticmethod
+    def _trained(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], where: str) -> list[bool]:
+        """Per token: does it lie inside an answer span? Tokens come in text order, and so do the spans."""
+        trained: list[bool] = []
+        k = 0
+        for start, end in offsets:
+            while k < len(spans) and start >= spans[k][1]:
+                k += 1
+            inside = k < len(spans) and start >= spans[k][0]
+            # Llama's and byte-level pieces never join the space before an answer to the text before it,
+            # nor "</s>" to anything: a token across a boundary would mean a tokenizer this mask cannot serve.
+            if k < len(spans) and (start < spans[k][0] < end or (inside and end > spans[k][1])):
+                raise ValueError(f"{where}: a token spans an answer boundary; this tokenizer cannot be masked exactly")
+            trained.append(inside)
+        return trained
 
 
 def render_masked(encoded: Encoded, tokenizer: PreTrainedTokenizerBase) -> str:
