@@ -117,7 +117,7 @@ def test_unknown_key_in_loss_lists_that_loss_s_keys() -> None:
     with pytest.raises(ConfigError) as err:
         load_config("npo_full", ["loss.bta=1"])
     assert str(err.value) == ("override 'loss.bta=1': unknown key 'loss.bta' (allowed here: beta, forget_weight, logp, "
-                              "name, preset, retain_ce_weight, retain_npo_weight)")
+                              "name, preset, retain_ce_weight, retain_npo_form, retain_npo_weight)")
     with pytest.raises(ConfigError, match=r"unknown key 'loss.layer' \(allowed here: name\)"):
         load_config("sft_full", ["loss.layer=2"])
 

@@ -85,8 +85,13 @@ def test_vlguard_missing_field_names_file_record_and_field(tmp_path: Path) -> No
     path = write_vlguard(tmp_path / "bad.json", [UNSAFE, broken])
     with pytest.raises(DataError) as err:
         convert_vlguard(path, tmp_path / "out")
-    assert str(err.value) == f"{path}: record 1 (id 's1'): instr-resp[1]: missing field 'unsafe_instruction'"
+    assert str(err.value) == (f"{path}: record 1 (id 's1'): instr-resp[1] has none of the fields safe_instruction, "
+                              "unsafe_instruction (a safe image)")
     assert not (tmp_path / "out").exists()
+    without_response = {**SAFE, "instr-resp": [SAFE["instr-resp"][0], {"unsafe_instruction": "Dox it."}]}
+    path = write_vlguard(tmp_path / "bad.json", [without_response])
+    with pytest.raises(DataError, match=r"record 0 \(id 's1'\): instr-resp\[1\]: missing field 'response'"):
+        convert_vlguard(path, tmp_path / "out")
     path = write_vlguard(tmp_path / "bad.json", [{k: v for k, v in UNSAFE.items() if k != "image"}])
     with pytest.raises(DataError, match=r"record 0 \(id 'u1'\): missing field 'image'"):
         convert_vlguard(path, tmp_path / "out")

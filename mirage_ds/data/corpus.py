@@ -24,16 +24,23 @@ def _synthetic_dirs(corpus: Path, stream: str, train_split: str) -> Path | list[
     return [corpus / "retain", corpus / "forget"] if train_split == "base" else corpus / train_split
 
 
+# Streams that are a second draw from a configured set: the same shard directory read as its own stream
+# (its own shuffle seed and resume position). NPO's official retain-NPO term reads a retain batch apart
+# from the one its CE term reads.
+SECOND_DRAWS = {"retain_npo": "retain"}
+
+
 def resolve_streams(cfg: TrainConfig, streams: tuple[str, ...]) -> dict[str, Path | list[Path]]:
     configured = {"train": cfg.data.train, "forget": cfg.data.forget, "retain": cfg.data.retain}
     out: dict[str, Path | list[Path]] = {}
     corpus: Path | None = None
     for name in streams:
-        if name not in configured:
+        source = SECOND_DRAWS.get(name, name)
+        if source not in configured:
             raise ConfigError(f"loss {cfg.loss.name!r} asks for an unknown data stream {name!r}")
-        if configured[name] is not None:
-            out[name] = Path(configured[name])
+        if configured[source] is not None:
+            out[name] = Path(configured[source])
         else:
             corpus = corpus or ensure_synthetic(cfg.data.synthetic)
-            out[name] = _synthetic_dirs(corpus, name, cfg.data.synthetic_train)
+            out[name] = _synthetic_dirs(corpus, source, cfg.data.synthetic_train)
     return out

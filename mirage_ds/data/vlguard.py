@@ -5,19 +5,26 @@ instr-resp}``. Unsafe images carry one ``{instruction, response}`` (subset ``uns
 ``{safe_instruction, response}`` (``safe_safes``) then ``{unsafe_instruction, response}``
 (``safe_unsafes``). The response, usually a refusal for the unsafe subsets, is the assistant turn.
 
+A pair is recognised by its instruction field, not its position, so a file split by subset (safe images
+that keep only their ``safe_instruction`` pair) converts too; ``subsets`` picks which pairs become samples
+(train.json: 1,023 ``unsafes``, 977 ``safe_safes``, 977 ``safe_unsafes``).
+
 Record ids are ``vlguard/<file stem>/<index>/<subset>``: VLGuard ids are not unique (train.json holds
 ``Ads_303871`` twice), so the index keeps the keys apart and ``meta.vlguard_id`` keeps the original.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, get_args
 
 from mirage_ds.data.converters import ShardOptions, load_json_list, make_record, record_image, require
 from mirage_ds.data.schema import DataError, Record, Role, Subset, first_word
+from mirage_ds.data.topup import TopUp, top_up
 from mirage_ds.data.writer import Manifest
+
+SUBSETS: tuple[Subset, ...] = get_args(Subset)
 
 
 class InstructionField(NamedTuple):
@@ -44,11 +51,33 @@ def image_layout(safe_image: bool) -> tuple[InstructionField, ...]:
     return tuple(f for f in INSTRUCTION_FIELDS if f.safe_image == safe_image)
 
 
+def subsets_named(names: Iterable[str]) -> tuple[Subset, ...]:
+    """The subsets ``names`` lists, in table order (all three when empty); DataError naming an unknown one."""
+    names = list(names)
+    for name in names:
+        if name not in SUBSETS:
+            raise DataError(f"unknown VLGuard subset {name!r} (known: {', '.join(SUBSETS)})")
+    return tuple(s for s in SUBSETS if s in names) if names else SUBSETS
+
+
+def _pair_field(pair: Any, safe_image: bool, where: str) -> InstructionField:
+    """The field of ``pair``'s instruction among those an image of its kind carries."""
+    layout = image_layout(safe_image)
+    found = [f for f in layout if isinstance(pair, dict) and f.name in pair]
+    if len(found) != 1:
+        kind = "a safe" if safe_image else "an unsafe"
+        names = ", ".join(f.name for f in layout)
+        raise DataError(f"{where} has {'none' if not found else 'more than one'} of the fields {names} ({kind} image)")
+    return found[0]
+
+
 def vlguard_samples(
-    json_path: Path, images_dir: Path | None = None, role: Role = "sft", placeholder_size: int = 32
+    json_path: Path, images_dir: Path | None = None, role: Role = "sft", placeholder_size: int = 32,
+    subsets: Iterable[Subset] = SUBSETS,
 ) -> Iterator[tuple[Record, bytes]]:
-    """Samples in file order; each image is read (or generated) once for all its instructions."""
-    json_path = Path(json_path)
+    """Samples of ``subsets`` in file order; each image is read (or generated) once for all its instructions,
+    and only when one of them is kept."""
+    json_path, wanted = Path(json_path), set(subsets)
     for index, entry in enumerate(load_json_list(json_path)):
         where = f"{json_path}: record {index}"
         vlguard_id = require(entry, "id", where)
@@ -56,15 +85,17 @@ def vlguard_samples(
         image_path = require(entry, "image", where)
         safe_image = require(entry, "safe", where, bool)
         pairs = require(entry, "instr-resp", where, list)
-        layout = image_layout(safe_image)
-        if len(pairs) < len(layout):
-            kind = "safe" if safe_image else "unsafe"
-            raise DataError(f"{where}: field 'instr-resp' has {len(pairs)} entries, a {kind} image needs {len(layout)}")
+        if not pairs:
+            raise DataError(f"{where}: field 'instr-resp' is empty")
+        fields = [_pair_field(pair, safe_image, f"{where}: instr-resp[{i}]") for i, pair in enumerate(pairs)]
+        kept = [(i, field) for i, field in enumerate(fields) if field.subset in wanted]
+        if not kept:
+            continue
         image, placeholder = record_image(images_dir, image_path, where, placeholder_size)
-        for field in layout:
-            pair_where = f"{where}: instr-resp[{field.position}]"
-            instruction = require(pairs[field.position], field.name, pair_where)
-            response = require(pairs[field.position], "response", pair_where)
+        for position, field in kept:
+            pair_where = f"{where}: instr-resp[{position}]"
+            instruction = require(pairs[position], field.name, pair_where)
+            response = require(pairs[position], "response", pair_where)
             record = make_record(
                 where,
                 id=f"vlguard/{json_path.stem}/{index:05d}/{field.subset}",
@@ -87,7 +118,14 @@ def convert_vlguard(
     *,
     images_dir: Path | None = None,
     role: Role = "sft",
+    subsets: Iterable[Subset] = SUBSETS,
+    top_up_from: TopUp | None = None,
     options: ShardOptions = ShardOptions(),
 ) -> Manifest:
-    """Write ``json_path`` as shards; without ``images_dir`` images are placeholders (``image_placeholder``)."""
-    return options.write(vlguard_samples(json_path, images_dir, role, options.placeholder_size), out_dir, "vlguard", json_path)
+    """Write the ``subsets`` pairs of ``json_path`` as shards with role ``role``, topped up to
+    ``top_up_from.to`` samples when given; without ``images_dir`` images are placeholders
+    (``image_placeholder``)."""
+    samples = vlguard_samples(json_path, images_dir, role, options.placeholder_size, subsets)
+    if top_up_from is not None:
+        samples = top_up(samples, top_up_from, role)
+    return options.write(samples, out_dir, "vlguard", json_path)

@@ -22,11 +22,28 @@ class SFTConfig(_LossSection):
     name: Literal["sft"] = "sft"
 
 
+def _fill_from_preset(data: Any, presets: dict[str, dict[str, Any]], default: str) -> Any:
+    """``data`` with the keys it leaves out taken from its ``preset`` (``default`` when unnamed).
+
+    Only keys the user left out are filled: an explicit null stays and fails validation loudly instead of
+    silently becoming the preset's value. An unknown preset fills nothing and is reported by the
+    ``preset`` field itself.
+    """
+    if isinstance(data, dict):
+        preset = data.get("preset", default)
+        fill = presets.get(preset, {}) if isinstance(preset, str) else {}
+        data = {**fill, **data}
+    return data
+
+
 # NPO presets fill ``logp`` and ``beta`` where the recipe leaves them out: beta is tuned for one
-# log-probability convention and is wrong for the other (see losses/npo.py).
+# log-probability convention and is wrong for the other (see losses/npo.py). ``official`` is the
+# official Safety Mirage code exactly (paper-protocol.md, section 3): the batch's token-mean loss as
+# log-likelihood, and its retain-NPO term on a second retain draw.
 NPO_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"logp": "mean", "beta": 0.9},
     "classic": {"logp": "sum", "beta": 0.1},
+    "official": {"logp": "batch_mean", "beta": 0.9, "retain_npo_weight": 1.0, "retain_npo_form": "official"},
 }
 
 
@@ -34,40 +51,51 @@ class NPOConfig(_LossSection):
     """Negative Preference Optimization with retain terms (``losses/npo.py``)."""
 
     name: Literal["npo"] = "npo"
-    preset: Literal["paper", "classic"] = "paper"
-    logp: Literal["sum", "mean"]
+    preset: Literal["paper", "classic", "official"] = "paper"
+    logp: Literal["sum", "mean", "batch_mean"]
     beta: float
     forget_weight: float = 1.0
     retain_npo_weight: float = 0.0
+    # "mirrored": -(2/beta) log sigmoid(+beta (log pi - log pi_ref)) on the CE's retain batch;
+    # "official": +(2/beta) log sigmoid(beta (l - l_ref)), l = -log pi, on a second retain draw.
+    retain_npo_form: Literal["mirrored", "official"] = "mirrored"
     retain_ce_weight: float = 1.0
 
     @model_validator(mode="before")
     @classmethod
-    def _fill_from_preset(cls, data: Any) -> Any:
-        # Only keys the user left out are filled: an explicit null stays and fails validation loudly
-        # instead of silently becoming the preset's value. An unknown preset fills nothing and is
-        # reported by the ``preset`` field itself.
-        if isinstance(data, dict):
-            preset = data.get("preset", "paper")
-            fill = NPO_PRESETS.get(preset, {}) if isinstance(preset, str) else {}
-            data = {**fill, **data}
-        return data
+    def _preset(cls, data: Any) -> Any:
+        return _fill_from_preset(data, NPO_PRESETS, "paper")
+
+
+# RMU presets fill the token mask and the norm. ``official``: the official code's plain MSE over every
+# position of the batch, the image tokens and the padding included (paper-protocol.md, section 3).
+RMU_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"norm": "mean", "token_mask": "answer"},
+    "official": {"norm": "mean", "token_mask": "all_positions"},
+}
 
 
 class RMUConfig(_LossSection):
     """Representation Misdirection for Unlearning (``losses/rmu.py``)."""
 
     name: Literal["rmu"] = "rmu"
+    preset: Literal["default", "official"] = "default"
     layer: int = Field(2, ge=0)  # language-model layer l; its range is checked against the model before training
     steering_coeff: float = 10.0  # c
     alpha: float = 1.0  # retain activation weight
     retain_ce_weight: float = 0.0
-    norm: Literal["mean", "sum_d"] = "mean"
-    token_mask: Literal["all", "text", "answer"] = "answer"
+    norm: Literal["mean", "sum_d"]
+    # all: every real token (padding out); all_positions: padding in too; text: no image tokens; answer.
+    token_mask: Literal["all", "all_positions", "text", "answer"]
     trainable: str | None = "default"  # regex over parameter names; "default": layers l-2..l down_proj + projector
     truncate: bool = True
     kernel: Literal["auto", "triton", "compile", "eager"] = "auto"
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return _fill_from_preset(data, RMU_PRESETS, "default")
 
     @field_validator("trainable")
     @classmethod

@@ -66,16 +66,24 @@ def answer_token_logp(logits: torch.Tensor, labels: torch.Tensor, *,
     return picked - _logsumexp_fp32(rows, chunk_elements), batch_index, answer.sum(dim=1)
 
 
-def sequence_logp(logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["sum", "mean"]) -> torch.Tensor:
-    """Per-sequence log-likelihood of the answer, log pi(y|x): [B] fp32.
+LogpReduction = Literal["sum", "mean", "batch_mean"]
 
-    logits: [B, T, V]; labels: [B, T], -100 outside the answer. ``sum`` adds the answer-token log-probs
-    (NPO as in Zhang et al. 2024, open-unlearning); ``mean`` averages them (the official Safety Mirage
-    code). A sequence without answer tokens gets 0 under either reduction (not NaN).
+
+def sequence_logp(logits: torch.Tensor, labels: torch.Tensor, reduction: LogpReduction) -> torch.Tensor:
+    """Log-likelihood of the answers, log pi(y|x): [B] fp32, or [1] for ``batch_mean``.
+
+    logits: [B, T, V]; labels: [B, T], -100 outside the answer. ``sum`` adds each sequence's answer-token
+    log-probs (NPO as in Zhang et al. 2024, open-unlearning); ``mean`` averages them per sequence;
+    ``batch_mean`` averages over every answer token of the batch and gives one value for the whole batch:
+    minus the HF Trainer's token-mean loss, which is what the official Safety Mirage NPO reads
+    (paper-protocol.md, section 3; with one sequence per batch it equals ``mean``). A sequence (or batch)
+    without answer tokens gets 0 (not NaN).
     """
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"unknown reduction {reduction!r} (allowed: sum, mean)")
+    if reduction not in ("sum", "mean", "batch_mean"):
+        raise ValueError(f"unknown reduction {reduction!r} (allowed: sum, mean, batch_mean)")
     token_logp, batch_index, counts = answer_token_logp(logits, labels)
+    if reduction == "batch_mean":
+        return (token_logp.sum() / max(1, token_logp.numel())).reshape(1)
     total = token_logp.new_zeros(labels.shape[0]).index_add(0, batch_index, token_logp)
     if reduction == "sum":
         return total
@@ -97,7 +105,8 @@ def npo(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch
 
     policy_logp, ref_logp: [B] sequence log-likelihoods (``sequence_logp``).
     L = mean_b -(2/beta) * log sigmoid(-beta * (policy_logp - ref_logp)). Neither input is detached here:
-    the caller computes the reference under no_grad (and may swap the arguments for the mirrored term).
+    the caller computes the reference under no_grad (and may swap the arguments or negate the result for
+    the retain terms).
     """
     if beta <= 0:
         raise ValueError(f"NPO beta must be > 0, got {beta}")

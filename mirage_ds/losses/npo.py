@@ -2,13 +2,17 @@
 
     L = w_f * NPO(forget) + alpha * NPO_retain(retain) + w_ce * CE(retain)
     NPO(x, y)        = -(2/beta) * log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x)))
-    NPO_retain(x, y) = -(2/beta) * log sigmoid(+beta * (log pi_theta(y|x) - log pi_ref(y|x)))
+    NPO_retain(x, y) = -(2/beta) * log sigmoid(+beta * (log pi_theta(y|x) - log pi_ref(y|x)))   (mirrored)
+                     = +(2/beta) * log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x)))   (official)
 
 ``log pi`` is the per-sequence **sum** of answer-token log-probs (Zhang et al., open-unlearning; beta ~0.1:
-preset ``classic``) or their token **mean** (the official Safety Mirage code; beta 0.7-0.9: preset
-``paper``). The two conventions are not interchangeable: a beta tuned for one is wrong for the other.
-The retain-NPO term is the mirror image of the forget term (it rewards staying at or above the
-reference on retain answers); ``alpha`` = 0 turns it off.
+preset ``classic``), their per-sequence token **mean** (beta 0.7-0.9: preset ``paper``), or the token
+mean over the whole batch, one value per batch (``batch_mean``: minus the HF Trainer's loss, as the
+official Safety Mirage code reads it: preset ``official``). The conventions are not interchangeable: a
+beta tuned for one is wrong for another. The mirrored retain-NPO term rewards staying at or above the
+reference on the CE's retain batch and saturates at 0; the official one, +(2/beta) log sigmoid(beta (l -
+l_ref)) with l = -log pi, is minus the forget term on a second retain draw (stream ``retain_npo``) and never
+saturates. ``alpha`` = 0 turns it off.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ class NPOLoss(Loss):
 
     @property
     def needs(self) -> Needs:
-        return Needs(streams=("forget", "retain"), reference=True)
+        streams = ("forget", "retain")
+        if self.cfg.retain_npo_weight and self.cfg.retain_npo_form == "official":
+            streams += ("retain_npo",)  # a second draw from the retain set (data/corpus.py)
+        return Needs(streams=streams, reference=True)
 
     def __call__(self, model: torch.nn.Module, batches: dict[str, Batch], ctx: LossContext) -> LossOutput:
         cfg = self.cfg
@@ -42,10 +49,14 @@ class NPOLoss(Loss):
         terms = {"forget": float(forget_loss.detach()), "ce": float(ce.detach()),
                  "logp_forget": float(policy_f.detach().mean()), "logp_forget_ref": float(ref_f.mean())}
         if cfg.retain_npo_weight:
-            policy_r = F.sequence_logp(retain_logits, retain["labels"], cfg.logp)
-            ref_r = F.sequence_logp(ctx.reference(retain)["logits"], retain["labels"], cfg.logp)
-            # npo(-x) is the mirrored term: -(2/beta) log sigmoid(+beta (policy - ref)).
-            retain_npo = F.npo(ref_r, policy_r, cfg.beta)
+            official = cfg.retain_npo_form == "official"
+            draw = batches["retain_npo"] if official else retain
+            draw_logits = model(**model_inputs(draw)).logits if official else retain_logits
+            policy_r = F.sequence_logp(draw_logits, draw["labels"], cfg.logp)
+            ref_r = F.sequence_logp(ctx.reference(draw)["logits"], draw["labels"], cfg.logp)
+            # Mirrored: the arguments swapped, -(2/beta) log sigmoid(+beta (policy - ref)). Official: minus the
+            # forget term, +(2/beta) log sigmoid(-beta (policy - ref)).
+            retain_npo = -F.npo(policy_r, ref_r, cfg.beta) if official else F.npo(ref_r, policy_r, cfg.beta)
             total = total + cfg.retain_npo_weight * retain_npo
             terms["retain_npo"] = float(retain_npo.detach())
         return LossOutput(loss=total, terms=terms)

@@ -4,7 +4,8 @@
 
 ``h_l`` is the output of language-model layer ``layer``; ``u`` ~ U[0,1)^D, normalised, seeded and saved with
 the run (``control.safetensors``: the vector ``c*u``). Normalisation: ``mean`` (over D and the masked-in
-tokens: WMDP with ``token_mask=all``, open-unlearning with ``answer``) or ``sum_d`` (sum over D, mean
+tokens: WMDP with ``token_mask=all``, open-unlearning with ``answer``, the official Safety Mirage code with
+``all_positions``, padding included: preset ``official``) or ``sum_d`` (sum over D, mean
 over tokens: the paper's squared norm). By default only layers l-2..l ``mlp.down_proj`` and the projector
 train (the official full fine-tuning setting); under LoRA the adapters train.
 
@@ -25,8 +26,12 @@ from mirage_ds.models.hooks import hooked_forward
 
 
 def token_mask(batch: Batch, kind: str) -> torch.Tensor:
-    """[B, T] bool: which positions' activations enter the RMU loss."""
+    """[B, T] bool: which positions' activations enter the RMU loss. ``all_positions`` keeps the padding
+    (the official code's MSE has no mask), ``all`` every real token, ``text`` those that are not image
+    tokens, ``answer`` the labelled ones."""
     valid = batch["attention_mask"].bool()
+    if kind == "all_positions":
+        return torch.ones_like(valid)
     if kind == "all":
         return valid
     if kind == "text":
