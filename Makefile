@@ -30,17 +30,20 @@ run: $(STAMP)
 # The methods compared end to end on the embedded default (about 5 minutes on 2 CPU cores): train a base
 # that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
 # (ASR/RR before and after the one-word attack, utility) and print the Table 1 comparison from MLflow.
-DEMO ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# Each demo is its own MLflow experiment (named after its directory) in the default store runs/mlflow.db,
+# so a plain `mirage-ds compare` afterwards shows exactly this demo's four rows. Expanded once (:=), so
+# that every line of the recipe names the same directory even when a second ticks between expansions.
+DEMO := $(or $(DEMO),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 DEMO_METHODS ?= mixed_sft_full npo_full rmu_full
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe base_full output_dir=$(DEMO)/base tracking.experiment=demo
+	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe base_full output_dir=$(DEMO)/base tracking.experiment=$(notdir $(DEMO))
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/base --name base
 	for recipe in $(DEMO_METHODS); do \
 	  OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe $$recipe \
-	    output_dir=$(DEMO)/$$recipe model.path=$(DEMO)/base/export tracking.experiment=demo || exit 1; \
+	    output_dir=$(DEMO)/$$recipe model.path=$(DEMO)/base/export tracking.experiment=$(notdir $(DEMO)) || exit 1; \
 	  OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/$$recipe --name $$recipe || exit 1; \
 	done
-	$(VENV)/bin/mirage-ds compare --experiment demo --tracking-uri sqlite:///$(abspath $(DEMO))/mlflow.db --out $(DEMO)/comparison
+	$(VENV)/bin/mirage-ds compare --out $(DEMO)/comparison
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)

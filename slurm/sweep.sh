@@ -47,7 +47,7 @@ export MIRAGE_PYTHON=$py
 
 task=${SLURM_ARRAY_TASK_ID:-}
 if [ -z "$task" ]; then
-  count=$("$py" -m mirage_ds.sweep "$sweep" --count)
+  count=$("$py" -m mirage_ds.cli.sweep "$sweep" --count)
   if [ "$count" != "1" ]; then
     echo "sweep.sh: $sweep has $count tasks: submit it with slurm/submit (or sbatch --array=0-$((count - 1)))" >&2
     exit 2
@@ -55,11 +55,14 @@ if [ -z "$task" ]; then
   task=0
 fi
 # Sets MIRAGE_SWEEP_NAME, MIRAGE_SWEEP_TASK, MIRAGE_TASK_OUTPUT_DIR and the array MIRAGE_TASK_ARGS; every
-# value is shell-quoted by mirage_ds.sweep.
-assignments=$("$py" -m mirage_ds.sweep "$sweep" --task "$task" --shell)
+# value is shell-quoted by mirage_ds.cli.sweep.
+assignments=$("$py" -m mirage_ds.cli.sweep "$sweep" --task "$task" --shell)
 eval "$assignments"
-# Seams for the launcher (sweep parent/child tracking runs): which sweep and task this run belongs to.
-export MIRAGE_SWEEP_NAME MIRAGE_SWEEP_TASK MIRAGE_SWEEP_FILE=$sweep
+# Seams for the launcher's MLflow run: which sweep and task it belongs to, and the sweep's parent run
+# (created by slurm/submit; read from its record, or created here when the array was submitted by hand).
+# Tracking never stops a task: without a parent (the store unreachable) the run is tracked on its own.
+MIRAGE_SWEEP_PARENT=$("$py" -m mirage_ds.cli.sweep "$sweep" --parent) || MIRAGE_SWEEP_PARENT=""
+export MIRAGE_SWEEP_NAME MIRAGE_SWEEP_TASK MIRAGE_SWEEP_PARENT
 
 attempt=${SLURM_RESTART_COUNT:-0}
 args=("${MIRAGE_TASK_ARGS[@]}")

@@ -1,7 +1,10 @@
-"""Sweep files -> numbered array tasks: order, count, argument lines and one-line errors. No Slurm needed."""
+"""Sweep files -> numbered array tasks: order, count, argument lines, one-line errors, and the sweep's MLflow
+parent run created once. No Slurm needed."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import subprocess
 import sys
@@ -11,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from mirage_ds.sweep import SweepError, Task, expand, load_sweep, parse_sweep, render_value
+from mirage_ds.cli.sweep import SweepError, Task, expand, load_sweep, parse_sweep, render_value
 
 SWEEP = {
     "name": "grid",
@@ -30,7 +33,12 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirage_ds.sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "mirage_ds.cli.sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _parent_cli(path: Path, uri: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mirage_ds.cli.sweep", str(path), "--parent"], cwd=REPO, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_expansion_order_is_recipes_then_grid_last_key_fastest_then_seeds(tmp_path: Path) -> None:
@@ -121,3 +129,33 @@ def test_sample_sweep_is_valid() -> None:
     proc = _cli("slurm/sweeps/sample.yaml", "--count")
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(expand(load_sweep(REPO / "slurm" / "sweeps" / "sample.yaml")))
+
+
+def test_parent_run_is_created_once_by_concurrent_callers_and_kept(tmp_path: Path) -> None:
+    """What slurm/submit does before sbatch (and sweep.sh in each task): three callers at once, on a store
+    that does not exist yet, make one store, one experiment and one parent run; a later call reuses it."""
+    from mlflow import MlflowClient
+
+    path = _write(tmp_path, {**SWEEP, "output_root": str(tmp_path / "runs"), "overrides": {"tracking.experiment": "sw"}})
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    callers = [_parent_cli(path, uri) for _ in range(3)]
+    outputs = [caller.communicate(timeout=300) for caller in callers]
+    assert [caller.returncode for caller in callers] == [0, 0, 0], [err for _, err in outputs]
+    ids = {out.strip() for out, _ in outputs}
+    assert len(ids) == 1
+    record = json.loads((tmp_path / "runs" / "grid" / "mlflow_parent.json").read_text())
+    assert (record["tracking_uri"], record["run_id"]) == (uri, ids.pop())
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("sw")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`mirage.sweep_parent` = 'grid'")
+    assert [run.info.run_id for run in parents] == [record["run_id"]]
+    assert parents[0].data.tags["mirage.output_dir"] == str(tmp_path / "runs" / "grid")
+    again = _parent_cli(path, uri)
+    assert again.communicate(timeout=300)[0].strip() == record["run_id"]
+
+
+def test_untracked_sweep_has_no_parent(tmp_path: Path) -> None:
+    path = _write(tmp_path, {**SWEEP, "output_root": str(tmp_path / "runs"), "overrides": {"tracking.mlflow": False}})
+    proc = _cli(str(path), "--parent")
+    assert (proc.returncode, proc.stdout) == (0, "\n"), proc.stderr
+    assert not (tmp_path / "runs" / "grid" / "mlflow_parent.json").exists()

@@ -1,10 +1,13 @@
-"""MLflow end to end: a tiny sft_lora run, then `mirage-ds eval`, then the run read back with real clients,
-against the default sqlite store and a real `mlflow server` on 127.0.0.1; and a server outage mid-run."""
+"""MLflow end to end: a tiny sft_lora run, then `mirage-ds eval`, then `mirage-ds compare`, read back with real
+clients, against the default sqlite store and a real `mlflow server` on 127.0.0.1; a server outage mid-run;
+which experiment compare shows and where it looked; and a store whose creation was killed."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,11 +18,13 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO
-from launch import DEEPSPEED, free_port, launch
+from launch import DEEPSPEED, free_port
 from mlflow_server import mlflow_server, start_server, stop_server
+from mirage_ds.tracking.comparison import NothingToCompare, compare
+from mirage_ds.tracking.mlflow_run import MlflowTracker, log_results
 
-pytestmark = pytest.mark.distributed
 MIRAGE = str(Path(sys.executable).parent / "mirage-ds")
+LAUNCHER = str(REPO / "launcher" / "run.py")
 
 
 def _env(uri: str | None) -> dict[str, str]:
@@ -29,15 +34,21 @@ def _env(uri: str | None) -> dict[str, str]:
     return env
 
 
-def _train_and_eval(run_dir: Path, env: dict[str, str]) -> None:
-    proc = launch("sft_lora", f"output_dir={run_dir}", "max_steps=3", "micro_batch_size=2", env=env)
+def _train_cmd(run_dir: Path, *overrides: str, ranks: int = 2) -> list[str]:
+    return [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), LAUNCHER, "--recipe", "sft_lora",
+            f"output_dir={run_dir}", "micro_batch_size=2", *overrides]
+
+
+def _train_and_eval(run_dir: Path, env: dict[str, str], cwd: Path) -> None:
+    """Started from ``cwd``, like `make run` from the repository root: the default store is ``cwd/runs``."""
+    proc = subprocess.run(_train_cmd(run_dir, "max_steps=3"), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = subprocess.run([MIRAGE, "eval", "--run", str(run_dir), "--limit", "8", "--shots", "2", "--max-new-tokens", "4"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
 
 
-def _check_tracked(uri: str, run_dir: Path, tmp_path: Path) -> None:
+def _check_tracked(uri: str, run_dir: Path) -> str:
     saved = json.loads((run_dir / "mlflow_run.json").read_text())
     assert saved["tracking_uri"] == uri
     client = MlflowClient(tracking_uri=uri)
@@ -56,28 +67,37 @@ def _check_tracked(uri: str, run_dir: Path, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(uri)
     frame = mlflow.search_runs(experiment_names=["mirage-ds"])
     assert run.info.run_id in set(frame["run_id"])
-    cmp = subprocess.run([MIRAGE, "compare", "--experiment", "mirage-ds", "--tracking-uri", uri, "--out", str(tmp_path / "cmp")],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert cmp.returncode == 0, cmp.stderr[-2000:]
-    assert run.info.run_name in cmp.stdout and "ASR before" in cmp.stdout
-    assert (tmp_path / "cmp" / "comparison.csv").read_text().count("\n") >= 2
+    return run.info.run_name
 
 
-def test_default_sqlite_store(tmp_path: Path, synthetic_corpus) -> None:
+@pytest.mark.distributed
+def test_default_store_is_found_by_compare_with_no_flags(tmp_path: Path, synthetic_corpus) -> None:
+    """`make run` then `mirage-ds compare`: training, eval and compare agree on runs/mlflow.db under the cwd."""
+    env = _env(None)
     run_dir = tmp_path / "runs" / "a"
-    _train_and_eval(run_dir, _env(None))
+    _train_and_eval(run_dir, env, cwd=tmp_path)
     assert (tmp_path / "runs" / "mlflow.db").is_file()
-    _check_tracked(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", run_dir, tmp_path)
+    name = _check_tracked(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", run_dir)
+    cmp = subprocess.run([MIRAGE, "compare"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    assert f"| {name} | sft_lora |" in cmp.stdout and "ASR before" in cmp.stdout
+    assert (tmp_path / "runs" / "comparison" / "comparison.csv").read_text().count("\n") == 2
 
 
+@pytest.mark.distributed
 def test_real_mlflow_server(tmp_path: Path, synthetic_corpus) -> None:
     with mlflow_server(free_port(), tmp_path / "server") as uri:
         run_dir = tmp_path / "runs" / "b"
-        _train_and_eval(run_dir, _env(uri))
-        _check_tracked(uri, run_dir, tmp_path)
+        _train_and_eval(run_dir, _env(uri), cwd=tmp_path)
+        name = _check_tracked(uri, run_dir)
+        cmp = subprocess.run([MIRAGE, "compare", "--experiment", "mirage-ds", "--tracking-uri", uri, "--out", str(tmp_path / "cmp")],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert cmp.returncode == 0, cmp.stderr[-2000:]
+        assert name in cmp.stdout and "ASR before" in cmp.stdout
     assert not (tmp_path / "runs" / "mlflow.db").exists(), "with a server set, nothing goes to the default store"
 
 
+@pytest.mark.distributed
 def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -> None:
     port, store = free_port(), tmp_path / "server"
     store.mkdir()
@@ -85,8 +105,7 @@ def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -
     uri = f"http://127.0.0.1:{port}"
     run_dir = tmp_path / "runs" / "c"
     steps = 60
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "launcher/run.py", "--recipe", "sft_lora",
-           f"output_dir={run_dir}", f"max_steps={steps}", "micro_batch_size=2", "tracking.retry_s=1"]
+    cmd = _train_cmd(run_dir, f"max_steps={steps}", "tracking.retry_s=1")
     train = subprocess.Popen(cmd, cwd=REPO, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     try:
@@ -115,3 +134,100 @@ def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -
         assert client.get_run(run_id).info.status == "FINISHED"
     finally:
         stop_server(server)
+
+
+def _tracked_run(uri: str, out: Path, recipe: str, experiment: str, asr: float | None) -> None:
+    """A run as the loop logs it, then eval's results attached through the queue (as `mirage-ds eval` does)."""
+    tracker = MlflowTracker(out, uri, f"{recipe}:{out.name}", experiment, retry_s=1)
+    tracker.log_params({"recipe": recipe})
+    tracker.close()
+    if asr is not None:
+        assert log_results(out, {"eval/asr_before": asr, "eval/asr_after": asr / 2, "eval/utility": 0.5}, [], "eval")
+
+
+def test_compare_shows_the_experiment_evaluated_last_and_says_where_it_looked(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    with pytest.raises(NothingToCompare, match=f"no MLflow store at {path} "):
+        compare(tmp_path / "cmp", uri=uri)
+    absent = subprocess.run([MIRAGE, "compare"], cwd=tmp_path, env=_env(None), capture_output=True, text=True, timeout=300)
+    assert (absent.returncode, absent.stderr.split(" (")[0]) == (1, f"error: no MLflow store at {path}")
+
+    _tracked_run(uri, tmp_path / "runs" / "untested", "sft_lora", "first", asr=None)
+    with pytest.raises(NothingToCompare, match=rf"no evaluated runs at {uri} \(experiments: Default, first\)"):
+        compare(tmp_path / "cmp", uri=uri)
+    _tracked_run(uri, tmp_path / "runs" / "a", "sft_lora", "first", asr=0.25)
+    _tracked_run(uri, tmp_path / "runs" / "b", "npo_lora", "second", asr=0.5)
+    _tracked_run(uri, tmp_path / "runs" / "c", "rmu_lora", "second", asr=0.75)
+
+    latest = compare(tmp_path / "cmp", uri=uri)
+    assert latest.splitlines()[0] == f"Experiment 'second' at {uri}:"
+    rows = [line for line in latest.splitlines() if line.startswith("| ") and "ASR" not in line]
+    assert rows == ["| npo_lora:b | npo_lora | 50.00 | 25.00 |  |  | 50.00 |  |",
+                    "| rmu_lora:c | rmu_lora | 75.00 | 37.50 |  |  | 50.00 |  |"]
+    first = compare(tmp_path / "cmp", experiment="first", uri=uri)
+    assert "| sft_lora:a | sft_lora | 25.00 |" in first and "untested" not in first
+    with pytest.raises(NothingToCompare, match=f"no MLflow experiment 'third' at {uri} \\(found: "):
+        compare(tmp_path / "cmp", experiment="third", uri=uri)
+
+
+def test_a_file_that_is_not_a_store_is_reported_with_its_path_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "mlflow.db"
+    path.parent.mkdir()
+    path.write_text("notes, not a database\n")
+    proc = subprocess.run([MIRAGE, "compare"], cwd=tmp_path, env=_env(None), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: {path} is not an MLflow store that can be opened: move it aside, or set "
+                           "MLFLOW_TRACKING_URI to another store\n")
+    assert path.read_text() == "notes, not a database\n"
+
+
+def _tables(path: Path) -> list[str]:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.Error:
+        return []
+
+
+def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
+    """SIGKILL ``proc``'s whole session as soon as ``ready()`` holds (polled every 10 ms)."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, f"exited with {proc.returncode} before {what}"
+        assert time.monotonic() < deadline, f"no {what} after 300 s"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.distributed
+def test_run_killed_while_the_store_is_created_leaves_no_half_store(tmp_path: Path, synthetic_corpus) -> None:
+    """A run is killed while its sqlite store is being created: the store's path stays empty and the next
+    run creates it. A store half-created by a killed bare MLflow process (which later opens may fail on,
+    "table ... already exists") holds no runs: the next run replaces it and says so, naming the path."""
+    path = tmp_path / "store" / "mlflow.db"
+    env = _env(f"sqlite:///{path}")
+    building = path.with_name(f".{path.name}.creating")
+    killed = subprocess.Popen(_train_cmd(tmp_path / "killed", "max_steps=3", ranks=1), cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _kill_when(killed, lambda: len(_tables(building)) >= 1, "store being created")
+    assert building.exists() and not path.exists()
+
+    # The same store path, half-created the way a bare MLflow process leaves it when killed mid-way.
+    code = f"from mlflow import MlflowClient; MlflowClient(tracking_uri='sqlite:///{path}')"
+    bare = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _kill_when(bare, lambda: len(_tables(path)) >= 5, "MLflow tables")
+    with sqlite3.connect(path) as db:
+        assert "experiments" in _tables(path) and db.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
+
+    run_dir = tmp_path / "next"
+    proc = subprocess.run(_train_cmd(run_dir, "max_steps=3", ranks=1), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"MLflow store {path} was half-created" in proc.stderr
+    assert "MLflow unreachable" not in proc.stderr, proc.stderr[-3000:]
+    run = MlflowClient(tracking_uri=f"sqlite:///{path}").get_run(json.loads((run_dir / "mlflow_run.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["recipe"] == "sft_lora"
+    assert not building.exists()

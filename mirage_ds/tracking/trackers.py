@@ -1,7 +1,7 @@
 """The tracker seam: the training loop talks to a ``Tracker``; rank 0 gets a real one, other ranks a null one.
 
 ``metrics.jsonl`` in ``output_dir`` is always written (it is the local record that survives a tracking
-server outage); other trackers (MLflow) are added beside it by ``build_tracker``.
+server outage); the MLflow tracker (``mlflow_run.py``) is added beside it by ``build_tracker``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 
 class Tracker(Protocol):
+    """What the training loop logs through; ``close`` marks the run's end status (FINISHED, KILLED)."""
+
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
@@ -62,6 +64,8 @@ class JsonlTracker:
 
 
 class MultiTracker:
+    """Every call goes to each tracker in turn (metrics.jsonl first, so the local record is written first)."""
+
     def __init__(self, trackers: list[Tracker]) -> None:
         self.trackers = trackers
 
@@ -82,21 +86,19 @@ class MultiTracker:
             t.close(status)
 
 
-def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def build_tracker(cfg: TrainConfig, rank: int) -> Tracker:
     """Rank 0: metrics.jsonl (always) and MLflow (unless tracking.mlflow=false). Other ranks: nothing."""
     if rank != 0:
         return NullTracker()
     trackers: list[Tracker] = [JsonlTracker(Path(cfg.output_dir))]
     if cfg.tracking.mlflow:
-        from mirage_ds.mlflow_tracker import MlflowTracker
+        # Imported here: MLflow takes seconds to import and runs that do not track should not pay for it.
+        from mirage_ds.tracking.mlflow_run import MlflowTracker
+        from mirage_ds.tracking.store import experiment_name, store_uri
 
         run_name = f"{cfg.recipe}:{Path(cfg.output_dir).name}"
-        trackers.append(MlflowTracker(Path(cfg.output_dir), run_name, cfg.tracking.experiment, cfg.tracking.retry_s))
+        trackers.append(MlflowTracker(Path(cfg.output_dir), store_uri(), run_name, experiment_name(cfg.tracking.experiment),
+                                      cfg.tracking.retry_s))
     return MultiTracker(trackers)
 
 

@@ -15,9 +15,11 @@ Task order is fixed by the file: recipes in the order written, then the grid's p
 key varying slowest and the last fastest, then seeds. Reordering the file renumbers the tasks, so an
 array task index means the same run on every node and on every requeue of a given file.
 
-``python -m mirage_ds.sweep FILE --count`` prints the array size (after validating every task's config);
-``--task I`` prints task I's launcher arguments, shell-quoted; ``--task I --shell`` prints bash assignments
-for ``eval`` (what slurm/sweep.sh uses); ``--list`` prints one line per task.
+``mirage-ds sweep FILE --count`` (or ``python -m mirage_ds.cli.sweep``, what slurm/ uses) prints the array
+size (after validating every task's config); ``--task I`` prints task I's launcher arguments, shell-quoted;
+``--task I --shell`` prints bash assignments for ``eval`` (what slurm/sweep.sh uses); ``--list`` prints one
+line per task; ``--parent`` prints the id of the sweep's MLflow parent run, creating it (and the store) the
+first time (what slurm/submit does before sbatch).
 """
 
 from __future__ import annotations
@@ -58,12 +60,19 @@ class Task:
 
 @dataclass(frozen=True)
 class Sweep:
+    """A validated sweep file (``parse_sweep``); ``expand`` turns it into tasks."""
+
     name: str
     recipes: tuple[str, ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
     seeds: tuple[int, ...]
     overrides: tuple[tuple[str, Any], ...]
     output_root: str
+
+    @property
+    def directory(self) -> Path:
+        """Where every task's output_dir lies (relative paths are relative to the repository root)."""
+        return Path(self.output_root) / self.name
 
 
 def render_value(value: Any) -> str:
@@ -159,7 +168,7 @@ def expand(sweep: Sweep) -> list[Task]:
             + [f"{key.rsplit('.', 1)[-1]}{_slug_part(value)}" for key, value in zip(keys, combo)]
             + ([] if seed is None else [f"seed{seed}"])
         )
-        output_dir = f"{sweep.output_root.rstrip('/')}/{sweep.name}/{index:0{width}d}-{slug[:100]}"
+        output_dir = f"{sweep.directory}/{index:0{width}d}-{slug[:100]}"
         tasks.append(Task(index, recipe, tuple(common + grid + seed_arg), output_dir))
     return tasks
 
@@ -186,21 +195,41 @@ def shell_assignments(sweep: Sweep, task: Task) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mirage_ds.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def tracked_parent(sweep: Sweep, tasks: list[Task]) -> str:
+    """The sweep's MLflow parent run id (created once, see tracking/sweep_parent.py); empty when its tasks
+    do not track (``tracking.mlflow=false``). The experiment is task 0's."""
+    from mirage_ds.config import load_config
+    from mirage_ds.tracking.store import experiment_name, store_uri
+    from mirage_ds.tracking.sweep_parent import sweep_parent
+
+    first = tasks[0]
+    tracking = load_config(first.recipe, [*first.overrides, f"output_dir={first.output_dir}"]).tracking
+    if not tracking.mlflow:
+        return ""
+    try:
+        return sweep_parent(sweep.directory, sweep.name, experiment_name(tracking.experiment))
+    except Exception as err:  # noqa: BLE001 - a store or server error of any kind: say where and what to do
+        raise SweepError(f"cannot create the sweep's MLflow parent run at {store_uri()}: {str(err).splitlines()[0][:300]} "
+                         "(start the tracking server, or set tracking.mlflow: false in the sweep's overrides)") from None
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_file")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--count", action="store_true", help="validate every task, print the number of tasks")
     action.add_argument("--task", type=int, metavar="I", help="print task I's launcher arguments, shell-quoted")
     action.add_argument("--list", action="store_true", help="print index, output_dir and arguments of every task")
+    action.add_argument("--parent", action="store_true",
+                        help="print the sweep's MLflow parent run id, creating it and the store the first time")
     parser.add_argument("--shell", action="store_true",
                         help="with --task: print bash assignments MIRAGE_SWEEP_NAME, MIRAGE_SWEEP_TASK, "
                              "MIRAGE_TASK_OUTPUT_DIR and the array MIRAGE_TASK_ARGS, for eval")
-    args = parser.parse_args(argv)
-    if args.shell and args.task is None:
-        parser.error("--shell needs --task I")
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
+        if args.shell and args.task is None:
+            raise SweepError("--shell needs --task I")
         sweep = load_sweep(args.sweep_file)
         tasks = expand(sweep)
         if args.count:
@@ -209,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.list:
             for task in tasks:
                 print(f"{task.index}\t{task.output_dir}\t{shlex.join(task.argv())}")
+        elif args.parent:
+            print(tracked_parent(sweep, tasks))
         else:
             if not 0 <= args.task < len(tasks):
                 raise SweepError(f"{args.sweep_file}: task {args.task} out of range (the sweep has {len(tasks)} tasks)")
@@ -218,6 +249,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_sweep_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sweep", help="expand a sweep file into array tasks (what slurm/submit and sweep.sh use)",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mirage_ds.cli.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return _run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,15 @@
+"""Tracking: ``metrics.jsonl`` beside every run and MLflow through a local queue.
+
+- ``trackers.py``: the ``Tracker`` the training loop logs through (jsonl, multi, null), ``build_tracker``.
+- ``store.py``: the one store URI (``store_uri``) that training, eval, sweeps and compare share, and a
+  sqlite store that is never seen half-created.
+- ``mlflow_run.py``: the queued MLflow tracker; eval results attach to the training run through it.
+- ``sweep_parent.py``: a sweep's parent run, created once before its tasks.
+- ``comparison.py``: the Table 1 comparison read back from the store.
+
+Only this package imports MLflow (lazily: importing ``mirage_ds.tracking`` does not import it).
+"""
+
+from mirage_ds.tracking.trackers import build_tracker, system_metrics, truncate_metrics
+
+__all__ = ["build_tracker", "system_metrics", "truncate_metrics"]
