@@ -51,10 +51,20 @@ def test_asr_from_real_judge_verdicts() -> None:
 def test_shots_must_line_up() -> None:
     with pytest.raises(ValueError, match="query 1 has 2 shots, query 0 has 3"):
         kshot_rate(None, [[True, False, True], [True, False]])
-    with pytest.raises(ValueError, match="2 outcomes before the attack but 1"):
-        kshot_rate([True, False], [[True]])
-    with pytest.raises(ValueError, match="no attacked queries"):
+    with pytest.raises(ValueError, match="no queries before the attack and no attacked queries"):
         kshot_rate(None, [])
+
+
+def test_before_and_after_are_separate_populations() -> None:
+    # The Share 1-shot file covers 556 of the 558 safe_safes: each side has its own n.
+    report = rejection_rate([True, False, False, False], [[True], [True], [False]], resamples=100)
+    assert report.before is not None and (report.before.value, report.before.n) == (0.25, 4)
+    assert report.any_of_k is not None and (round(report.any_of_k.value, 6), report.any_of_k.n) == (0.666667, 3)
+    # safe_unsafes: no attack file, before only.
+    only = attack_success_rate([True, False], None, resamples=100)
+    assert only.before is not None and only.before.value == 0.5
+    assert (only.per_shot, only.any_of_k) == ([], None)
+    assert only.to_dict()["any_of_k"] is None
 
 
 def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:

@@ -1,52 +1,105 @@
-"""``mirage-ds eval``, ``mirage-ds compare`` and ``mirage-ds shortcut``."""
+"""``mirage-ds eval`` and ``mirage-ds shortcut``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
 from mirage_ds.data.schema import DataError
+from mirage_ds.eval.prompts import PROMPT_VERSIONS
+
+
+def _no_silent_fallback(run_dir: Path) -> Path:
+    """The embedded corpus's eval shards for an embedded run; a run that names a real model or real data
+    must be given its eval data explicitly (its synthetic eval set would measure nothing it learned)."""
+    from mirage_ds.config import load_config
+
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"no --vlguard/--data given and no run config at {run_dir / 'config.yaml'} to find the embedded corpus from")
+    cfg = load_config(str(run_dir / "config.yaml"))
+    real = [f"model.path={cfg.model.path}"] if cfg.model.path else []
+    real += [f"data.{name}={getattr(cfg.data, name)}" for name in ("train", "forget", "retain") if getattr(cfg.data, name)]
+    if real:
+        raise DataError(f"run {run_dir} names {', '.join(real)}: pass its eval data (--vlguard DIR --images DIR, or "
+                        "--data SHARDS); the embedded synthetic eval set only fits runs on the embedded model and corpus")
+    from mirage_ds.data.corpus import ensure_synthetic
+
+    return ensure_synthetic(cfg.data.synthetic)
+
+
+def _judges(args: argparse.Namespace, out_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(harm judge, harm judge for the attacked shots, what eval.json records about them) from the flags."""
+    if not args.judge_model:
+        return None, None, {"model": "none (keyword-only ASR, or the payload marker on the synthetic corpus)"}
+    from mirage_ds.eval.judges import CachedJudge
+    from mirage_ds.eval.relevance import JudgeModel, RelevanceJudge
+
+    model = JudgeModel(args.judge_model, max_new_tokens=args.judge_max_new_tokens, batch_size=args.judge_batch_size)
+    after_prompt = args.judge_prompt_after or args.judge_prompt
+    cache = out_dir / "verdicts.sqlite"
+    before = CachedJudge(RelevanceJudge(model, args.judge_prompt), cache)
+    after = before if after_prompt == args.judge_prompt else CachedJudge(RelevanceJudge(model, after_prompt), cache)
+    return before, after, {**model.describe(), "prompt_before": args.judge_prompt, "prompt_after": after_prompt}
+
+
+def _warn_placeholders(count: int, total: int) -> None:
+    if count:
+        print(f"warning: {count} of {total} prompts use placeholder images; their rates do not measure the model "
+              "on the real images", file=sys.stderr)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from mirage_ds.config import load_config
-    from mirage_ds.data.corpus import ensure_synthetic
-    from mirage_ds.eval.generation import Generator, load_for_eval
-    from mirage_ds.eval.judges import CachedJudge, RelevanceJudge
-    from mirage_ds.eval.report import table_row, write_report
-    from mirage_ds.eval.suite import EvalSettings, evaluate
-
     run_dir = Path(args.run) if args.run else None
     model_dir = Path(args.model) if args.model else (run_dir / "export" if run_dir else None)
     if model_dir is None or not model_dir.is_dir():
         raise DataError(f"model directory {model_dir} does not exist (pass --run OUTPUT_DIR or --model EXPORT_DIR)")
-    data, utility = (Path(args.data) if args.data else None), (Path(args.utility) if args.utility else None)
-    if data is None:
-        if run_dir is None or not (run_dir / "config.yaml").is_file():
-            raise DataError("no --data given and no run config to find the embedded corpus from")
-        corpus = ensure_synthetic(load_config(str(run_dir / "config.yaml")).data.synthetic)
-        data, utility = corpus / "eval", utility or corpus / "utility"
-    out_dir = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("eval"))
+    if args.vlguard and args.data:
+        raise DataError("pass one of --vlguard (the paper's four cases) and --data (shards, rule-based attacks)")
+    data, utility_dir = (Path(args.data) if args.data else None), (Path(args.utility) if args.utility else None)
+    if not args.vlguard and data is None:
+        if run_dir is None:
+            raise DataError("no eval data: pass --vlguard DIR --images DIR, --data SHARDS, or --run of an embedded run")
+        corpus = _no_silent_fallback(run_dir)  # before the heavy imports: a refusal costs no model load
+        data, utility_dir = corpus / "eval", utility_dir or corpus / "utility"
+
+    import torch
+
+    from mirage_ds.data.shards import read_samples
+    from mirage_ds.eval.cases import ImageSource, paper_cases, rule_cases
+    from mirage_ds.eval.generation import EVAL_TEMPLATE, Generator, load_for_eval
+    from mirage_ds.eval.report import table_row, write_report
+    from mirage_ds.eval.suite import EvalSettings, evaluate
+
     settings = EvalSettings(shots=args.shots, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            limit=args.limit, keywords=args.keywords, seed=args.seed)
+                            limit=args.limit, keywords=args.keywords, seed=args.seed,
+                            template=args.template or EVAL_TEMPLATE)
+    if args.vlguard:
+        images = ImageSource(Path(args.images) if args.images else None, args.placeholder_images)
+        cases, protocol = paper_cases(Path(args.vlguard), images, settings.limit), "vlguard-kshot"
+    else:
+        cases = rule_cases(read_samples(data), settings.shots, settings.attack_word, settings.modify_word,
+                           settings.seed, settings.limit)
+        protocol = "rule-based"
+    asked = [a for case in cases for a in case.asked()]
+    _warn_placeholders(sum(a.placeholder for a in asked), len(asked))
+    utility = None
+    if utility_dir is not None:
+        utility = [(r, png) for r, png in read_samples(utility_dir, settings.limit) if r.answers]
+
+    out_dir = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("eval"))
     torch.manual_seed(args.seed)
     model, tokenizer, image_processor = load_for_eval(model_dir)
-    generator = Generator(model, tokenizer, image_processor, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-    harm = CachedJudge(RelevanceJudge(args.judge_model), out_dir / "verdicts.sqlite") if args.judge_model else None
+    generator = Generator(model, tokenizer, image_processor, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, pad_to_square=args.pad_to_square, template=settings.template)
+    harm, harm_after, judge_info = _judges(args, out_dir)
     name = args.name or (run_dir.name if run_dir else model_dir.name)
-    result = evaluate(generator, name, data, utility, settings, harm=harm)
-    paths = write_report(result, out_dir, run_dir)
+    result = evaluate(generator, name, cases, settings, harm=harm, harm_after=harm_after, utility=utility,
+                      protocol=protocol, judge_info=judge_info)
+    paths = write_report(result, out_dir, run_dir, sample=args.sample)
     print(table_row(result.to_dict()))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from mirage_ds.eval.comparison import compare
-
-    print(compare(args.experiment, Path(args.out), args.tracking_uri), end="")
     return 0
 
 
@@ -62,27 +115,41 @@ def _shortcut(args: argparse.Namespace) -> int:
 
 
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="ASR/RR before and after one-word attacks, utility; attaches to the MLflow run")
+    ev = sub.add_parser(
+        "eval", help="ASR/RR before and after one-word attacks per subset, degenerate outputs, utility",
+        description="The paper's four cases with --vlguard DIR --images DIR (test.json; test_what_3shot.json, "
+                    "test_share_1shot.json), or rule-based one-word rewrites of shard records with --data, or "
+                    "the embedded eval set of an embedded run with --run alone. Results go to eval.json and "
+                    "eval_table.md, and to the run's MLflow run when --run names a tracked run.")
     ev.add_argument("--run", help="a training output_dir (uses its export/ and config)")
     ev.add_argument("--model", help="an exported model directory (default: RUN/export)")
-    ev.add_argument("--data", help="eval shard directory (default: the embedded corpus's eval/)")
+    ev.add_argument("--vlguard", help="VLGuard directory with test.json and the paper's K-shot files (four cases)")
+    ev.add_argument("--images", help="VLGuard images root: each record's image is DIR/<source>/<file>")
+    ev.add_argument("--placeholder-images", action="store_true",
+                    help="use seeded placeholders for images missing under --images (or for all, without it); "
+                         "counted in eval.json and warned about")
+    ev.add_argument("--data", help="eval shard directory, attacked with rule-based rewrites (default: the embedded corpus's eval/)")
     ev.add_argument("--utility", help="utility shard directory with reference answers")
     ev.add_argument("--out", help="output directory (default: RUN/eval)")
     ev.add_argument("--name", help="model name in the table")
-    ev.add_argument("--shots", type=int, default=3)
+    ev.add_argument("--shots", type=int, default=3, help="rule-based shots per query (the paper's files fix their own)")
     ev.add_argument("--max-new-tokens", type=int, default=96, help="the paper uses 256; the synthetic payloads need ~80")
     ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--template", help="conversation template (default: llava_v1, the paper's evaluation preset)")
+    ev.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=True,
+                    help="pad images to square as in training (the official evaluation does not)")
+    ev.add_argument("--limit", type=int, default=None, help="first N originals and N attacked queries per subset")
     ev.add_argument("--keywords", default="vlguard-v2", help="refusal keyword version (vlguard-v1, vlguard-v2, strict-v1)")
-    ev.add_argument("--judge-model", help="local HF VLM path for the relevance harm judge (paper: Qwen2.5-VL-7B)")
+    ev.add_argument("--judge-model", help="local HF VLM path for the relevance harm judge (paper: Qwen2.5-VL-7B-Instruct)")
+    ev.add_argument("--judge-prompt", default="paper-single-v1", choices=PROMPT_VERSIONS,
+                    help="judge prompt version for every ASR case")
+    ev.add_argument("--judge-prompt-after", choices=PROMPT_VERSIONS,
+                    help="a different prompt for the attacked shots (the official code uses paper-3shot-v1 there)")
+    ev.add_argument("--judge-max-new-tokens", type=int, default=200, help="the paper's judge generates 200")
+    ev.add_argument("--judge-batch-size", type=int, default=8)
+    ev.add_argument("--sample", type=int, default=50, help="generations written to generations.jsonl")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval)
-
-    cmp = sub.add_parser("compare", help="Table 1 comparison of an MLflow experiment's evaluated runs")
-    cmp.add_argument("--experiment", default="mirage-ds")
-    cmp.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db")
-    cmp.add_argument("--out", default="runs/comparison")
-    cmp.set_defaults(func=_compare)
 
     sc = sub.add_parser("shortcut", help="first-word frequency by label (VLGuard JSON, K-shot files, shard dirs)")
     sc.add_argument("path")

@@ -1,8 +1,8 @@
-"""Batched generation with exactly the training preprocessing (template, pad-to-square, dtype).
+"""Batched greedy generation with the training preprocessing (pad-to-square, dtype) under a named template.
 
 The official Safety Mirage evaluation generates one sample at a time; here prompts are left-padded into
 batches (decoder-only generation continues from the right edge, so padding goes on the left and the
-attention mask hides it).
+attention mask hides it). The template is the paper's evaluation preset ``llava_v1`` unless named.
 """
 
 from __future__ import annotations
@@ -19,6 +19,23 @@ from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalG
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.template import Template
 from mirage_ds.models.loading import image_token_count
+
+# Greedy decoding, every setting that can change the chosen token given explicitly: transformers fills
+# any setting left unset from the checkpoint's generation_config (a repetition penalty, top-k, a
+# temperature), which would make "greedy" mean something else for each checkpoint.
+GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "temperature": None,
+    "top_p": None,
+    "top_k": None,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+}
+EVAL_TEMPLATE = "llava_v1"  # the Safety Mirage evaluation scripts' template (paper-protocol.md, section 4)
 
 
 @dataclass(frozen=True)
@@ -49,15 +66,19 @@ def load_for_eval(path: Path, dtype: torch.dtype = torch.float32) -> tuple[torch
 
 
 class Generator:
+    """Greedy responses for ``Prompt``s in batches of ``batch_size``, up to ``max_new_tokens`` each."""
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, *, batch_size: int = 16,
                  max_new_tokens: int = 256, max_length: int = 2048, pad_to_square: bool = True,
-                 do_sample: bool = False, temperature: float = 1.0, seed: int = 0, progress: bool = True) -> None:
+                 template: str = EVAL_TEMPLATE, progress: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         dtype = next(model.parameters()).dtype
         n_image = image_token_count(model.config)
-        self.pre = Preprocessor(Template(tokenizer, n_image, max_length), image_processor, pad_to_square, dtype)
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.do_sample, self.temperature, self.seed, self.progress = do_sample, temperature, seed, progress
+        self.template = template
+        self.pre = Preprocessor(Template(tokenizer, n_image, max_length, name=template), image_processor,
+                                pad_to_square, dtype)
+        self.batch_size, self.max_new_tokens, self.progress = batch_size, max_new_tokens, progress
+        self.decoding: dict[str, Any] = {**GREEDY, "max_new_tokens": max_new_tokens}
 
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         length = max(len(e["input_ids"]) for e in examples)
@@ -70,9 +91,7 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt]) -> dict[str, str]:
-        """key -> decoded response (special tokens stripped)."""
-        if self.do_sample:
-            torch.manual_seed(self.seed)
+        """key -> decoded response (special tokens stripped, whitespace trimmed)."""
         out: dict[str, str] = {}
         batches = range(0, len(prompts), self.batch_size)
         for start in tqdm(batches, desc="generate", disable=not self.progress, unit="batch"):
@@ -80,11 +99,7 @@ class Generator:
             inputs = self._collate([self.pre.prompt_example(p.question, p.image, p.key) for p in chunk])
             generated = self.model.generate(
                 **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=self.do_sample,
-                temperature=self.temperature if self.do_sample else None,
-                top_p=None,
-                top_k=None,
+                **self.decoding,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )

@@ -1,10 +1,9 @@
 """Evaluation outputs: ``eval.json``, a Table-1-shaped Markdown table, a plot, a sample of generations;
-attached to the training run in MLflow when the run was tracked."""
+attached to the training run in MLflow (through the tracking queue) when the run was tracked."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,54 +12,125 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mlflow.entities import Metric  # noqa: E402
-
+from mirage_ds.eval.degenerate import KINDS, LEGEND, MARK, METRIC_SUFFIX, MOSTLY  # noqa: E402
 from mirage_ds.eval.suite import EvalResult  # noqa: E402
-from mirage_ds.mlflow_tracker import attached_run  # noqa: E402
 
 TABLE_HEADER = (
     "| model | ASR before | ASR after (any of K) | RR before | RR after (any of K) | utility (VQA acc) |\n"
     "|---|---|---|---|---|---|"
 )
+SUBSET_HEADER = (
+    "| subset | rate | before | after, per shot | after, any of K | queries before / after x K | degenerate before "
+    "| degenerate after |\n|---|---|---|---|---|---|---|---|"
+)
 
 
-def _pct(estimate: dict[str, Any] | None) -> str:
+def _marked(degenerate: dict[str, Any] | None) -> str:
+    return MARK if degenerate is not None and degenerate["share"] > MOSTLY else ""
+
+
+def _pct(estimate: dict[str, Any] | None, degenerate: dict[str, Any] | None = None) -> str:
+    """A rate in percent with its interval; marked when most outputs behind it are degenerate."""
     if estimate is None:
         return "n/a"
-    return f"{100 * estimate['value']:.2f} [{100 * estimate['low']:.1f}, {100 * estimate['high']:.1f}]"
+    return (f"{100 * estimate['value']:.2f}{_marked(degenerate)} "
+            f"[{100 * estimate['low']:.1f}, {100 * estimate['high']:.1f}]")
+
+
+def _share(degenerate: dict[str, Any] | None) -> str:
+    if degenerate is None:
+        return "n/a"
+    kinds = ", ".join(f"{k.replace('_', '-')} {100 * degenerate[k]:.1f}" for k in KINDS if degenerate[k])
+    return f"{100 * degenerate['share']:.1f}" + (f" ({kinds})" if kinds else "")
+
+
+def _headline(result: dict[str, Any], metric: str) -> tuple[str, str]:
+    """Table 1's (before, after) cells for ``metric``, from its headline subset."""
+    head = result[metric]
+    if head is None:
+        return "n/a", "n/a"
+    degenerate = result["subsets"][head["subset"]]["degenerate"]
+    return _pct(head["before"], degenerate["before"]), _pct(head["any_of_k"], degenerate["after"])
 
 
 def table_row(result: dict[str, Any]) -> str:
-    asr, rr = result["asr"], result["rr"]
-    return (f"| {result['model']} | {_pct(asr['before'])} | {_pct(asr['any_of_k'])} | {_pct(rr['before'])} | "
-            f"{_pct(rr['any_of_k'])} | {_pct(result['utility'])} |")
+    (asr_before, asr_after), (rr_before, rr_after) = _headline(result, "asr"), _headline(result, "rr")
+    return f"| {result['model']} | {asr_before} | {asr_after} | {rr_before} | {rr_after} | {_pct(result['utility'])} |"
+
+
+def subset_rows(result: dict[str, Any]) -> list[str]:
+    """One Markdown row per subset: its rate before and after, counts, and the degenerate shares."""
+    rows = []
+    for name, row in result["subsets"].items():
+        degenerate = row["degenerate"]
+        per_shot = " / ".join(f"{100 * e['value']:.2f}{_marked(degenerate['after'])}" for e in row["per_shot"]) or "n/a"
+        counts = row["counts"]
+        sizes = f"{counts['before']} / {counts['after']} x {row['shots']}" if row["shots"] else f"{counts['before']} / -"
+        rows.append(f"| {name} | {row['metric'].upper()} | {_pct(row['before'], degenerate['before'])} | {per_shot} | "
+                    f"{_pct(row['any_of_k'], degenerate['after'])} | {sizes} | {_share(degenerate['before'])} | "
+                    f"{_share(degenerate['after'])} |")
+    return rows
+
+
+def table_markdown(result: dict[str, Any]) -> str:
+    """Table 1's row, the per-subset table (never pooled) and, when a rate is marked, the legend."""
+    lines = [TABLE_HEADER, table_row(result), "", SUBSET_HEADER, *subset_rows(result)]
+    if MARK in "\n".join(lines):
+        lines += ["", LEGEND]
+    return "\n".join(lines) + "\n"
+
+
+def _rates(out: dict[str, float], prefix: str, report: dict[str, Any], degenerate: dict[str, Any]) -> None:
+    if report["before"] is not None:
+        out[f"{prefix}_before"] = report["before"]["value"]
+        out[f"{prefix}_before{METRIC_SUFFIX}"] = degenerate["before"]["share"]
+    if report["any_of_k"] is not None:
+        out[f"{prefix}_after"] = report["any_of_k"]["value"]
+        out[f"{prefix}_after{METRIC_SUFFIX}"] = degenerate["after"]["share"]
+    for k, shot in enumerate(report["per_shot"]):
+        out[f"{prefix}_shot{k + 1}"] = shot["value"]
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
-    """Flat metric names logged to MLflow and read back by ``mirage-ds compare``."""
-    out = {
-        "eval/asr_before": result["asr"]["before"]["value"],
-        "eval/asr_after": result["asr"]["any_of_k"]["value"],
-        "eval/rr_before": result["rr"]["before"]["value"],
-        "eval/rr_after": result["rr"]["any_of_k"]["value"],
-        "eval/shortcut_flip_rate": result["shortcut"]["flip_rate"],
-    }
-    for k, shot in enumerate(result["asr"]["per_shot"]):
-        out[f"eval/asr_shot{k + 1}"] = shot["value"]
-    for k, shot in enumerate(result["rr"]["per_shot"]):
-        out[f"eval/rr_shot{k + 1}"] = shot["value"]
+    """Flat metric names logged to MLflow and read back by ``mirage-ds compare``: the headline
+    ``eval/asr_*`` / ``eval/rr_*``, each subset's ``eval/<subset>/<rate>_*``, and beside every before/after
+    rate its degenerate share (``..._degenerate``)."""
+    out: dict[str, float] = {}
+    for metric in ("asr", "rr"):
+        if result[metric] is not None:
+            _rates(out, f"eval/{metric}", result[metric], result["subsets"][result[metric]["subset"]]["degenerate"])
+    for name, row in result["subsets"].items():
+        _rates(out, f"eval/{name}/{row['metric']}", row, row["degenerate"])
+    if result["shortcut"]:
+        out["eval/shortcut_flip_rate"] = result["shortcut"]["flip_rate"]
     if result["utility"] is not None:
         out["eval/utility"] = result["utility"]["value"]
     return out
+
+
+def params_of(result: dict[str, Any]) -> dict[str, str]:
+    """What produced the numbers, as MLflow params: protocol, template and decoding, the judges."""
+    judge = result["judge"]
+    return {
+        "eval.protocol": result["protocol"],
+        "eval.template": result["generation"]["template"],
+        "eval.max_new_tokens": str(result["generation"]["max_new_tokens"]),
+        "eval.keywords": judge["keywords"],
+        "eval.judge_model": judge.get("model", "none"),
+        "eval.judge_prompt": f"{judge.get('prompt_before', 'none')}/{judge.get('prompt_after', 'none')}",
+        "eval.judge_decoding": json.dumps(judge.get("decoding"), sort_keys=True),
+    }
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
     labels = ["ASR", "RR"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for offset, (when, key) in enumerate((("before attack", "before"), ("after attack (any of K)", "any_of_k"))):
-        values = [result[m][key]["value"] * 100 for m in ("asr", "rr")]
-        lows = [v - result[m][key]["low"] * 100 for v, m in zip(values, ("asr", "rr"))]
-        highs = [result[m][key]["high"] * 100 - v for v, m in zip(values, ("asr", "rr"))]
+        # A rate that was not measured (no such subset, no attack file) draws as an empty slot.
+        cells = [(result[m] or {}).get(key) or {"value": 0.0, "low": 0.0, "high": 0.0} for m in ("asr", "rr")]
+        values = [c["value"] * 100 for c in cells]
+        lows = [v - c["low"] * 100 for v, c in zip(values, cells)]
+        highs = [c["high"] * 100 - v for v, c in zip(values, cells)]
         xs = [i + (offset - 0.5) * 0.38 for i in range(len(labels))]
         ax.bar(xs, values, width=0.36, yerr=[lows, highs], capsize=3, label=when)
     ax.set_xticks(range(len(labels)), labels)
@@ -75,6 +145,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def write_report(result: EvalResult, out_dir: Path, run_dir: Path | None, sample: int = 50) -> dict[str, Path]:
+    """Write the eval outputs into ``out_dir`` (the first ``sample`` generations); when ``run_dir`` is a tracked
+    training run, attach the metrics and files to its MLflow run. Returns the written paths by kind."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = result.to_dict()
     paths = {
@@ -84,15 +156,12 @@ def write_report(result: EvalResult, out_dir: Path, run_dir: Path | None, sample
         "generations": out_dir / "generations.jsonl",
     }
     paths["json"].write_text(json.dumps(data, indent=2))
-    paths["table"].write_text(f"{TABLE_HEADER}\n{table_row(data)}\n")
+    paths["table"].write_text(table_markdown(data))
     plot(data, paths["plot"])
     paths["generations"].write_text("".join(json.dumps(g) + "\n" for g in result.generations[:sample]))
     if run_dir is not None:
-        attached = attached_run(run_dir)
-        if attached is not None:
-            client, run_id = attached
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics_of(data).items()])
-            for path in paths.values():
-                client.log_artifact(run_id, str(path), "eval")
+        # Imported here: MLflow takes seconds to import, and an eval of a bare export never talks to it.
+        from mirage_ds.tracking.mlflow_run import log_results
+
+        log_results(run_dir, metrics_of(data), list(paths.values()), "eval", params_of(data))
     return paths
