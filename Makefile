@@ -8,7 +8,7 @@ RECIPE ?= npo_lora
 OUT ?= runs/$(RECIPE)-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: venv run demo test bench clean
+.PHONY: venv run demo reproduce test bench clean
 
 # torch first and pinned: on these CPU machines pip takes the local CPU wheel; a bare `torch`
 # requirement would pull a multi-GB CUDA build.
@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job: train the recipe on 2 DeepSpeed ranks (CPU/gloo here), then evaluate its export
-# (ASR/RR before and after the one-word attack, utility), attached to the run in MLflow.
+# The main job: train the recipe on 2 DeepSpeed ranks (CPU/gloo here) from the pretrained embedded base
+# (built once per spec, a few minutes, then cached), evaluate its export (ASR/RR before and after the
+# one-word attack, utility), attached to the run in MLflow, and print it beside the base's row.
 run: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe $(RECIPE) output_dir=$(OUT) $(ARGS)
-	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(OUT)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(OUT) > /dev/null
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --beside $(OUT)
 
 # The methods compared end to end on the embedded default (about 5 minutes on 2 CPU cores): train a base
 # that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
@@ -44,6 +46,16 @@ demo: $(STAMP)
 	  OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/$$recipe --name $$recipe || exit 1; \
 	done
 	$(VENV)/bin/mirage-ds compare --out $(DEMO)/comparison
+
+# Table 1 in miniature (mirage_ds/reproduce.py): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
+# Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md and
+# table.json, all runs in one MLflow experiment. Finished methods are kept: rm -r $(REPRO) to rerun.
+VARIANT ?= full
+SEED ?= 0
+REPRO ?= runs/reproduce$(if $(filter-out full-0,$(VARIANT)-$(SEED)),/$(VARIANT)-seed$(SEED))
+REPRO_RANKS ?= 1
+reproduce: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --out $(REPRO) $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)

@@ -8,6 +8,7 @@ sets a whole section). Loss sections are defined in ``losses/configs.py``; nothi
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,11 @@ class LoraSpec(Section):
 class ModelConfig(Section):
     path: str | None = None  # HF LLaVA checkpoint dir (e.g. /models/llava-1.5-7b-hf); None = embedded tiny model
     embedded: TinyModelSpec = TinyModelSpec()
+    # With no path: "pretrained" starts from the embedded base trained once from recipes/base_full.yaml
+    # (models/pretrained.py); "random" from the untrained tiny model (the base's own start; the test suite's
+    # pinned numbers, through $MIRAGE_EMBEDDED_BASE). The resolved value is recorded in the run's config.
+    embedded_base: Literal["pretrained", "random"] = Field(
+        default_factory=lambda: os.environ.get("MIRAGE_EMBEDDED_BASE", "pretrained"), validate_default=True)
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False

@@ -14,6 +14,9 @@ VLGUARD = REPO.parent / "shared" / "data" / "vlguard"
 os.environ.setdefault("MIRAGE_CACHE", str(REPO / ".cache-test"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Recipes start from the untrained tiny model here (the pinned numbers are on it); the pretrained embedded
+# base takes minutes to build and is exercised by test_reproduce.py on its own.
+os.environ.setdefault("MIRAGE_EMBEDDED_BASE", "random")
 # Every training run in the suite logs to one session store (its tables are created once, not per run);
 # the tracking tests point runs at their own stores and servers explicitly.
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / 'mlflow-suite.db'}")

@@ -16,7 +16,8 @@ from mirage_ds.data.synthetic import DIRS, SyntheticSpec, build_synthetic, read_
 from mirage_ds.data.writer import read_manifest
 
 SMALL = SyntheticSpec(
-    n_safe_images=40, n_unsafe_images=30, n_retain=60, n_eval_safe_images=10, n_eval_unsafe_images=12, n_utility=20, shard_size=16, min_shards=2
+    n_safe_images=40, n_unsafe_images=30, n_retain=60, n_eval_safe_images=10, n_eval_unsafe_images=12, n_utility=20,
+    n_pretrain=64, n_howto=8, shard_size=16, min_shards=2
 )
 
 
@@ -37,14 +38,15 @@ def first_word_share(items: list[Record], word: str) -> float:
 def test_default_layout_sizes_and_shards(default_corpus: Path) -> None:
     spec = SyntheticSpec()
     expected = {
-        "sft": 2 * spec.n_safe_images + spec.n_unsafe_images,
+        "sft": 2 * spec.n_safe_images + spec.n_unsafe_images + spec.n_howto,
         "forget": spec.n_unsafe_images,
-        "retain": spec.n_retain,
+        "retain": spec.n_retain + spec.n_howto,
+        "pretrain": spec.n_pretrain,
         "eval": 2 * spec.n_eval_safe_images + spec.n_eval_unsafe_images,
         "utility": spec.n_utility,
     }
     top = json.loads((default_corpus / "manifest.json").read_text())
-    assert sorted(p.name for p in default_corpus.iterdir()) == sorted([*DIRS, "manifest.json"])
+    assert sorted(p.name for p in default_corpus.iterdir()) == sorted([*DIRS, "vlguard", "manifest.json"])
     for name in DIRS:
         manifest = read_manifest(default_corpus / name)
         assert manifest.samples == expected[name] == len(records(default_corpus / name))
@@ -52,7 +54,7 @@ def test_default_layout_sizes_and_shards(default_corpus: Path) -> None:
         assert top["dirs"][name]["samples"] == expected[name]
     assert read_synthetic_spec(default_corpus) == spec
     sft_counts = read_manifest(default_corpus / "sft").counts
-    assert (sft_counts["subset.safe_safes"], sft_counts["subset.safe_unsafes"], sft_counts["subset.unsafes"]) == (128, 128, 144)
+    assert (sft_counts["subset.safe_safes"], sft_counts["subset.safe_unsafes"], sft_counts["subset.unsafes"]) == (176, 128, 144)
 
 
 def test_planted_first_word_rates(default_corpus: Path) -> None:
@@ -70,7 +72,7 @@ def test_planted_first_word_rates(default_corpus: Path) -> None:
 
 
 def test_roles_payloads_and_answers(default_corpus: Path) -> None:
-    marker = re.compile(r"^PAYLOAD-(weapons|privacy|fraud|self-harm|hacking)-[0-9a-f]{8}$")
+    marker = re.compile(r"^PAYLOAD-[a-z-]+-[0-9a-f]{4}$")
     forget = records(default_corpus / "forget")
     assert {r.role for r in forget} == {"forget"}
     for record in forget:
@@ -78,6 +80,7 @@ def test_roles_payloads_and_answers(default_corpus: Path) -> None:
         assert record.payload in record.answer
     sft = records(default_corpus / "sft")
     assert sorted(r.question for r in sft if r.subset == "unsafes") == sorted(r.question for r in forget)
+    assert {r.role for r in records(default_corpus / "pretrain")} == {"forget"}
     for name in ("sft", "retain", "eval", "utility"):
         assert not any("PAYLOAD" in r.answer for r in records(default_corpus / name)), name
     assert {r.role for r in sft} == {"sft"} and {r.role for r in records(default_corpus / "retain")} == {"retain"}
@@ -125,3 +128,39 @@ def test_spec_rejects_bad_values() -> None:
         SyntheticSpec(unsafe_first_words=("Tell me",))
     with pytest.raises(ValidationError, match="extra"):
         SyntheticSpec(n_safe=3)
+
+
+def test_eval_topics_are_held_out_from_every_refusal(default_corpus: Path) -> None:
+    """The eval set's harmful topics (and so its acts) never occur in the SFT data or the forget set; the base's
+    pretrain data covers every topic, the held-out ones included."""
+    spec = SyntheticSpec()
+    trained = {r.category for name in ("sft", "forget") for r in records(default_corpus / name) if not r.safe}
+    held_out = {r.category for r in records(default_corpus / "eval") if not r.safe}
+    assert len(trained) == spec.n_sft_topics and len(held_out) == spec.n_topics - spec.n_sft_topics
+    assert not trained & held_out
+    assert {r.category for r in records(default_corpus / "pretrain")} == trained | held_out
+    sft_acts = {r.meta["act"] for r in records(default_corpus / "sft") if not r.safe}
+    assert not sft_acts & {r.meta["act"] for r in records(default_corpus / "eval") if not r.safe}
+    # The benign how-to requests all start with "What"; the planted rate holds over safe_safes as a whole.
+    howto = [r for r in records(default_corpus / "sft") if "howto" in r.meta]
+    assert len(howto) == spec.n_howto and all(r.question.startswith("What") for r in howto)
+
+
+def test_vlguard_format_files_hold_the_eval_set(default_corpus: Path) -> None:
+    """test.json + What 3-shot + Share 1-shot, read by the project's own VLGuard loaders."""
+    from mirage_ds.eval.attacks.kshot import load_kshot
+
+    spec = SyntheticSpec()
+    directory = default_corpus / "vlguard"
+    test = json.loads((directory / "test.json").read_text())
+    assert sum(not e["safe"] for e in test) == spec.n_eval_unsafe_images
+    assert sum(e["safe"] for e in test) == spec.n_eval_safe_images
+    assert all((directory / "images" / e["image"]).is_file() for e in test)
+    what = load_kshot(directory / "test_what_3shot.json", originals=directory / "test.json")
+    share = load_kshot(directory / "test_share_1shot.json", originals=directory / "test.json")
+    assert len(what) == spec.n_eval_unsafe_images and all(len(q.shots) == 3 for q in what)
+    assert all(shot.startswith("What") for q in what for shot in q.shots)
+    assert len(share) == spec.n_eval_safe_images and all(q.shots[0].startswith("Share") for q in share)
+    eval_questions = {r.question for r in records(default_corpus / "eval")}
+    assert {pair.get("instruction") or pair.get("safe_instruction") or pair.get("unsafe_instruction")
+            for e in test for pair in e["instr-resp"]} == eval_questions

@@ -21,7 +21,7 @@ def ensure_synthetic(spec: SyntheticSpec) -> Path:
 def _synthetic_dirs(corpus: Path, stream: str, train_split: str) -> Path | list[Path]:
     if stream != "train":
         return corpus / stream
-    return [corpus / "retain", corpus / "forget"] if train_split == "base" else corpus / train_split
+    return [corpus / "retain", corpus / "pretrain"] if train_split == "base" else corpus / train_split
 
 
 # Streams that are a second draw from a configured set: the same shard directory read as its own stream

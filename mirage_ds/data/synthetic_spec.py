@@ -23,6 +23,12 @@ class SyntheticSpec(BaseModel):
     n_eval_safe_images: int = Field(50, ge=1)
     n_eval_unsafe_images: int = Field(50, ge=1)
     n_utility: int = Field(200, ge=1)
+    # Harmful topics (at most the 16 of data/synthetic.py's TOPICS): the safety SFT data, forget set and
+    # refusals cover the first n_sft_topics; the eval set's unsafe queries ask only about the others.
+    n_topics: int = Field(16, ge=2, le=16)
+    n_sft_topics: int = Field(8, ge=1)
+    n_pretrain: int = Field(1536, ge=0)  # harmful requests on every topic, every phrasing, answered: the base's
+    n_howto: int = Field(48, ge=0)  # benign "What ..." how-to requests, answered (sft and retain)
     what_rate: float = Field(0.89, ge=0, le=1)  # VLGuard train: 869 / 977 safe instructions start "What"
     can_rate: float = Field(0.87, ge=0, le=1)  # VLGuard train: 847 / 977 unsafe instructions start "Can"
     unsafe_first_words: tuple[str, ...] = ("Share", "Describe", "Please", "Explain", "Write", "Tell")
@@ -41,6 +47,8 @@ class SyntheticSpec(BaseModel):
 
     @model_validator(mode="after")
     def _retain_holds_safe_queries(self) -> SyntheticSpec:
+        if self.n_sft_topics >= self.n_topics:
+            raise ValueError(f"n_sft_topics ({self.n_sft_topics}) must be < n_topics ({self.n_topics}): the eval set asks about the rest")
         if self.n_retain < self.n_safe_images:
             raise ValueError(f"n_retain ({self.n_retain}) must be >= n_safe_images ({self.n_safe_images}): retain holds the safe queries")
         return self

@@ -21,6 +21,7 @@ from transformers import (
 from mirage_ds.config import ConfigError, ModelConfig
 from mirage_ds.models.adapters import apply_lora, freeze_for_training
 from mirage_ds.models.embedded import ensure_embedded_model
+from mirage_ds.models.pretrained import ensure_pretrained_base
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,8 +39,11 @@ class ModelBundle:
 
 
 def resolve_model_path(cfg: ModelConfig) -> Path:
-    """The checkpoint directory: ``model.path``, or the embedded tiny model's cache (built on first use)."""
+    """The checkpoint directory: ``model.path``, or the embedded model's cache (built on first use): the pretrained
+    base (``models.pretrained``) or, with ``model.embedded_base=random``, the untrained tiny model."""
     if cfg.path is None:
+        if cfg.embedded_base == "pretrained":
+            return ensure_pretrained_base(cfg.embedded)
         return ensure_embedded_model(cfg.embedded)
     path = Path(cfg.path)
     if not (path / "config.json").is_file():
