@@ -20,6 +20,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def add_compare_command(sub: argparse._SubParsersAction) -> None:
+    """``mirage-ds compare``; its --help says how the experiment is chosen when none is given."""
     cmp = sub.add_parser(
         "compare", help="Table 1 comparison of evaluated runs (default: the experiment evaluated last)",
         description="Table 1 (ASR/RR before and after the one-word attack, utility) of every evaluated run in one "

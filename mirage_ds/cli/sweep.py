@@ -140,6 +140,7 @@ def parse_sweep(data: Any, source: Path) -> Sweep:
 
 
 def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file (``parse_sweep``); a missing file or bad YAML is one line too."""
     source = Path(path)
     if not source.is_file():
         raise SweepError(f"{source}: no such sweep file")
@@ -252,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_sweep_command(sub: argparse._SubParsersAction) -> None:
+    """``mirage-ds sweep``: the same arguments as ``python -m mirage_ds.cli.sweep``."""
     parser = sub.add_parser("sweep", help="expand a sweep file into array tasks (what slurm/submit and sweep.sh use)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
