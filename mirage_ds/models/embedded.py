@@ -28,9 +28,14 @@ from mirage_ds.config import TinyModelSpec
 from mirage_ds.models.tokenizer import build_tokenizer
 
 
+# Bumped whenever the builder writes different files for the same spec (the cache key must change with them).
+BUILDER_VERSION = 2
+
+
 def spec_hash(spec: TinyModelSpec) -> str:
-    """12 hex digits of the spec's canonical JSON: the cache key of its checkpoint."""
-    return hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    """12 hex digits of the spec's canonical JSON and the builder version: the cache key of its checkpoint."""
+    key = {"spec": spec.model_dump(), "builder": BUILDER_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_tiny_llava(spec: TinyModelSpec, out_dir: Path) -> None:
@@ -77,6 +82,9 @@ def build_tiny_llava(spec: TinyModelSpec, out_dir: Path) -> None:
         tokenizer=tokenizer,
         patch_size=spec.patch_size,
         vision_feature_select_strategy="default",
+        # As llava-hf's processor: the vision tower emits a CLS token besides the patches and the "default"
+        # strategy drops it, so the processor counts it in and takes it out again (n_patches tokens per image).
+        num_additional_image_tokens=1,
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -27,7 +27,7 @@ def _training_text() -> list[str]:
 
     questions, answers, _ = easy_vqa.get_train_questions()
     # llava_v1: the prompt these merges were first learnt on; another text here would change the vocabulary
-    # under the same cache key (spec_hash covers the spec, not this text).
+    # under the same cache key (spec_hash covers the spec and BUILDER_VERSION, not this text).
     lines = [SYSTEM_PROMPTS["llava_v1"], "USER: ASSISTANT:", *_REFUSALS, *easy_vqa.get_answers()]
     lines += [f"{q} {a}" for q, a in zip(questions[:6000], answers[:6000])]
     lines += [
