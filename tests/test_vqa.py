@@ -1,10 +1,10 @@
-"""VQA accuracy: EvalAI normalisation edge cases and leave-one-out scores computed by hand."""
+"""VQA accuracy: EvalAI normalisation edge cases and leave-one-out scores computed by hand; ScienceQA letters."""
 
 from __future__ import annotations
 
 import pytest
 
-from mirage_ds.eval.vqa import normalize_answer, vqa_accuracy, vqa_score
+from mirage_ds.eval.vqa import normalize_answer, scienceqa_letter, scienceqa_score, vqa_accuracy, vqa_score
 
 
 @pytest.mark.parametrize(
@@ -68,3 +68,30 @@ def test_vqa_score_is_the_mean_over_questions() -> None:
     assert estimate.value == 0.5 and estimate.n == 2
     with pytest.raises(ValueError, match="2 predictions but 1"):
         vqa_score(["a", "b"], [["a"]])
+
+
+@pytest.mark.parametrize(
+    ("response", "letter"),
+    [
+        ("B", "B"),
+        (" b \n", "B"),  # a bare letter in either case
+        ("B.", "B"),
+        ("B. the moon", "B"),
+        ("C.x", "C"),
+        ("b. the moon", None),  # the letter before the period must be upper-case
+        ("The answer is B.", None),  # LLaVA's script reads B here; lmms-eval does not
+        ("(B)", None),
+        ("Bb", None),
+        ("", None),
+    ],
+)
+def test_scienceqa_letter(response: str, letter: str | None) -> None:
+    assert scienceqa_letter(response) == letter
+
+
+def test_scienceqa_score_counts_the_named_choice() -> None:
+    # answers are choice indices: 1 = "B"; "b" and "B. moon" name B, "C" and "Sure" do not.
+    estimate = scienceqa_score(["b", "B. moon", "C", "Sure"], [1, 1, 1, 1], resamples=100)
+    assert estimate.value == 0.5 and estimate.n == 4
+    with pytest.raises(ValueError, match="2 predictions but 1"):
+        scienceqa_score(["A", "B"], [0])

@@ -40,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     from mirage_ds.cli.data import add_data_commands
     from mirage_ds.cli.evaluate import add_eval_commands
     from mirage_ds.cli.reproduce import add_reproduce_command
+    from mirage_ds.cli.utility import add_utility_command
 
     add_data_commands(sub)
     add_eval_commands(sub)
     add_reproduce_command(sub)
+    add_utility_command(sub)
     return parser
 
 

@@ -5,12 +5,17 @@ harmful answer) a ``forget`` sample: the pairing an unlearning method needs. Row
 ``datasets`` from parquet or JSON / JSON lines. The image column may hold a path relative to
 ``images_dir``, raw bytes, a ``datasets.Image`` value (``{bytes, path}``) or a PIL image. SPA-VL's
 ``class1`` / ``class2`` columns, when present, become ``category`` / ``subcategory``.
+
+SPA-VL's test splits (``harm``, ``help``; 265 rows each) hold ``image, question, class1, class2, class3``
+and no answers: ``eval_queries`` reads them for evaluation (``eval/spavl.py``), from the hub layout
+(``test/harm-00000-of-00001.parquet``) or from ``harm.parquet`` / ``harm.json`` / ``harm.jsonl``.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +27,14 @@ from mirage_ds.data.schema import DataError, Record, Role, first_word
 from mirage_ds.data.writer import Manifest
 
 COLUMNS = ("image", "question", "chosen", "rejected")
+EVAL_SPLITS = ("harm", "help")
+EVAL_COLUMNS = ("image", "question")
 FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
 
 
-def read_rows(path: Path) -> Any:
-    """The rows as an in-memory ``datasets.Dataset`` with images left undecoded ({bytes, path} dicts)."""
+def read_rows(path: Path, columns: Sequence[str] = COLUMNS) -> Any:
+    """The rows as an in-memory ``datasets.Dataset`` with images left undecoded ({bytes, path} dicts);
+    each of ``columns`` must be there."""
     import datasets  # imported here: it takes ~1 s and only this converter needs it
 
     path = Path(path)
@@ -41,7 +49,7 @@ def read_rows(path: Path) -> Any:
             rows = reader(str(path), cache_dir=cache, keep_in_memory=True)
         except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
             raise DataError(f"{path}: cannot read rows ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    missing = [c for c in COLUMNS if c not in rows.column_names]
+    missing = [c for c in columns if c not in rows.column_names]
     if missing:
         raise DataError(f"{path}: missing column {missing[0]!r} (columns: {rows.column_names})")
     if isinstance(rows.features["image"], datasets.Image):
@@ -110,3 +118,48 @@ def convert_spavl(
     if chosen_role == "forget":
         raise DataError("chosen_role must be 'retain' or 'sft': the chosen answer is the one to keep")
     return options.write(spavl_samples(data_path, images_dir, chosen_role, options.placeholder_size), out_dir, "spavl", data_path)
+
+
+@dataclass(frozen=True)
+class EvalQuery:
+    """One row of a SPA-VL test split: the question, its image (PNG bytes) and SPA-VL's three class levels."""
+
+    index: int
+    question: str
+    image: bytes
+    classes: tuple[str | None, str | None, str | None]
+    source: str
+
+
+def eval_split_files(data_dir: Path, split: str) -> list[Path]:
+    """The files of test split ``split`` under ``data_dir`` (SPA-VL's root, or its ``test/`` directory)."""
+    if split not in EVAL_SPLITS:
+        raise DataError(f"unknown SPA-VL test split {split!r} (expected one of {EVAL_SPLITS})")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"SPA-VL directory {data_dir} does not exist")
+    for folder in (data_dir / "test", data_dir):
+        shards = sorted(folder.glob(f"{split}-*.parquet"))
+        whole = [folder / f"{split}{suffix}" for suffix in FORMATS if (folder / f"{split}{suffix}").is_file()]
+        if shards or whole:
+            return shards or whole[:1]
+    raise DataError(f"no SPA-VL {split!r} split under {data_dir}: looked for test/{split}-*.parquet, "
+                    f"{split}-*.parquet and {split}.parquet/.json/.jsonl (in {data_dir} and {data_dir / 'test'})")
+
+
+def eval_queries(data_dir: Path, split: str, images_dir: Path | None = None) -> Iterator[EvalQuery]:
+    """The rows of test split ``split``, in file order. An image given as a path is read from ``images_dir``
+    (default: the directory of the file that names it); a missing image is an error, never a placeholder."""
+    index = 0
+    for path in eval_split_files(data_dir, split):
+        for row in read_rows(path, EVAL_COLUMNS):
+            where = f"{path}: row {index}"
+            if not isinstance(row["question"], str) or not row["question"].strip():
+                raise DataError(f"{where}: field 'question' is missing or not text")
+            if row["image"] is None or row["image"] == "":
+                raise DataError(f"{where}: missing field 'image'")
+            # An images directory is always given here, so a path never falls back to a placeholder.
+            image, _, _ = row_image(row["image"], images_dir or path.parent, where, placeholder_size=0)
+            classes = (row.get("class1"), row.get("class2"), row.get("class3"))
+            yield EvalQuery(index, row["question"], image, classes, path.name)
+            index += 1

@@ -1,4 +1,4 @@
-"""VQA accuracy (VQAv2, TextVQA, VizWiz) with the EvalAI answer normalisation.
+"""VQA accuracy (VQAv2, TextVQA, VizWiz) with the EvalAI answer normalisation; ScienceQA letter accuracy.
 
 Normalisation, as the official VQA evaluation (``vqaEval.py``, run by EvalAI) does it, applied here to
 the prediction and to every human answer alike (as LLaVA's TextVQA evaluator does): newline/tab to
@@ -12,6 +12,14 @@ only for raw answer lists such as the synthetic ones.)
 Score of a prediction against n human answers: the mean over the n leave-one-out subsets of
 ``min(1, matches in the subset / 3)``; with 10 humans this is the official VQA accuracy. With a single
 answer there is no leave-one-out subset, so the score is the exact match of the normalised strings.
+lmms-eval's ``vqav2_val`` scores exactly so. Its ``textvqa_val`` and ``vizwiz_vqa_val`` first drop "," and
+"?" and split "'s" off a word ("dog's" -> "dog 's"), so answers holding those can score differently there.
+
+ScienceQA (``scienceqa_letter``, ``scienceqa_score``): a response names choice X (of "A", "B", ...) when,
+stripped, it is the letter X in either case, or when it starts with the upper-case X and a period ("B.",
+"B. the moon"); anything else is wrong. This is how lmms-eval's ``scienceqa_img`` reads a response.
+LLaVA-1.5's own ``eval_science_qa.py`` reads three cases differently: a lower-case "b" is wrong there,
+"B." needs a space after the period, and "The answer is B." anywhere in the text names B.
 """
 
 from __future__ import annotations
@@ -111,3 +119,23 @@ def vqa_score(
         raise ValueError(f"{len(predictions)} predictions but {len(answers)} answer lists")
     scores = [vqa_accuracy(p, a) for p, a in zip(predictions, answers)]
     return bootstrap(scores, resamples=resamples, seed=seed)
+
+
+def scienceqa_letter(response: str) -> str | None:
+    """The choice letter ``response`` names, upper-case, or None (see the module docstring)."""
+    text = response.strip()
+    if len(text) == 1 and text.isalpha():
+        return text.upper()
+    if len(text) >= 2 and text[0].isupper() and text[1] == ".":
+        return text[0]
+    return None
+
+
+def scienceqa_score(
+    predictions: Sequence[str], answers: Sequence[int], *, resamples: int = 1000, seed: int = 0
+) -> Estimate:
+    """ScienceQA letter accuracy: ``answers[i]`` is the index of question i's correct choice (0 = "A")."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions but {len(answers)} answers")
+    correct = [scienceqa_letter(p) == chr(ord("A") + a) for p, a in zip(predictions, answers)]
+    return bootstrap(correct, resamples=resamples, seed=seed)
