@@ -123,6 +123,11 @@ class TrainConfig(Section):
     deepspeed: str = "zero3.json"  # file in ds_configs/ or a path
     log_every: int = Field(1, gt=0)
     resume: Literal["auto", "never"] = "never"
+    # A step whose reduced loss or gradient norm is not finite is never applied. "stop": exit 4, the last
+    # good checkpoint kept; "skip": drop that step's gradients, count it (train/skipped), go on, and stop
+    # after ``nonfinite_max_skips`` skipped steps in a row.
+    nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_max_skips: int = Field(3, gt=0)
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()

@@ -1,7 +1,7 @@
 """The training loop, top to bottom: build, step, log, checkpoint, export.
 
 Exit codes (``RunStatus``): 0 finished, 3 preempted after a checkpoint (resume with ``resume=auto``),
-4 stopped on a non-finite loss (the last good checkpoint is kept).
+4 stopped on a non-finite loss or gradient norm (no update applied, the last good checkpoint kept).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import enum
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -85,9 +86,10 @@ class Run:
     ds_config: dict[str, Any]
     start_step: int
     resumed_from: Path | None
+    skipped: int = 0  # steps dropped as non-finite under ``nonfinite=skip`` (kept across resumes)
 
     def rank_state(self, step: int) -> dict[str, Any]:
-        return {"step": step, "streams": {n: b.state.to_dict() for n, b in self.streams.items()}}
+        return {"step": step, "skipped": self.skipped, "streams": {n: b.state.to_dict() for n, b in self.streams.items()}}
 
 
 def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
@@ -107,13 +109,13 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
     engine, _, _, _ = deepspeed.initialize(model=bundle.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     reference = build_reference(cfg, engine, ds_config, needs) if needs.reference else None
 
-    start_step, states = 0, {name: StreamState() for name in stream_dirs}
+    start_step, skipped, states = 0, 0, {name: StreamState() for name in stream_dirs}
     latest = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
     if latest is not None and cfg.resume == "never":
         raise ConfigError(f"output_dir={cfg.output_dir!r} already holds checkpoints; pass resume=auto or a new output_dir")
     if latest is not None:
         rank_state = load_checkpoint(engine, latest)
-        start_step = rank_state["step"]
+        start_step, skipped = rank_state["step"], rank_state.get("skipped", 0)
         states = {name: StreamState.from_dict(s) for name, s in rank_state["streams"].items()}
 
     pre = Preprocessor(Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length), bundle.image_processor,
@@ -127,25 +129,91 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
         ))
         for i, (name, path) in enumerate(stream_dirs.items())
     }
-    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, ds_config, start_step, latest)
+    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, ds_config, start_step, latest, skipped)
 
 
-def train_step(run: Run, ctx: LossContext) -> tuple[dict[str, float], int, int]:
-    """One optimizer step (``grad_accum`` micro-steps): (loss terms averaged over micro-steps, samples, tokens)."""
+@dataclass
+class StepResult:
+    """One optimizer step as every rank sees it after the step's all-reduce."""
+
+    means: dict[str, float]  # "loss" and the loss's terms, averaged over micro-steps and ranks
+    samples: int  # summed over ranks
+    tokens: int
+    data_wait_s: float  # time spent in next() of the streams, mean over ranks
+    stop_requested: bool  # some rank received the stop signal
+    nonfinite: str | None  # "loss" or "gradient norm" when the update was discarded as non-finite
+
+
+def train_step(run: Run, ctx: LossContext, step: int, stop_requested: bool = False) -> StepResult:
+    """Optimizer step ``step`` (1-based, as logged): ``grad_accum`` micro-steps and one host sync.
+
+    Loss terms, token counts and flags stay on the device until that sync: a ``float()`` of a device
+    tensor would make the host wait for the GPU once per term and micro-step.
+    """
     cfg, engine = run.cfg, run.engine
     dtype = DTYPES[cfg.model.dtype]
-    terms: dict[str, float] = {}
-    samples = tokens = 0
-    for _ in range(cfg.grad_accum):
-        batches = {name: to_device(next(it), engine.device, dtype) for name, it in run.streams.items()}
+    sums: dict[str, torch.Tensor] = {}
+    tokens = torch.zeros((), dtype=torch.int64, device=engine.device)
+    samples, data_wait = 0, 0.0
+    for micro in range(cfg.grad_accum):
+        fetch = time.perf_counter()
+        host_batches = {name: next(it) for name, it in run.streams.items()}
+        data_wait += time.perf_counter() - fetch
+        batches = {name: to_device(b, engine.device, dtype) for name, b in host_batches.items()}
         result = run.loss_fn(engine, batches, ctx)
-        engine.backward(result.loss)
-        engine.step()  # DeepSpeed applies the update only at the accumulation boundary
-        for key, value in {"loss": float(result.loss.detach()), **result.terms}.items():
-            terms[key] = terms.get(key, 0.0) + value / cfg.grad_accum
+        loss = _nonfinite_for_tests(result.loss, step)
+        for key, value in {"loss": loss.detach(), **result.terms}.items():
+            sums[key] = sums.get(key, 0.0) + value / cfg.grad_accum
         samples += sum(len(b["ids"]) for b in batches.values())
-        tokens += sum(int(b["attention_mask"].sum()) for b in batches.values())
-    return terms, samples, tokens
+        tokens = tokens + sum(b["attention_mask"].sum() for b in batches.values())
+        if micro < cfg.grad_accum - 1:
+            engine.backward(loss)
+            engine.step()  # not a boundary: DeepSpeed only accumulates the gradients
+
+    # The loop's one host sync per step (DeepSpeed's step adds its own, for the gradient norm): a single
+    # all-reduce of the terms, counts and stop flag, after the last forward and before its backward, so
+    # every rank knows the reduced loss before anything is applied.
+    # Host numbers enter through torch.full (a kernel argument, not a host-to-device copy that would wait).
+    extras = [torch.full((), float(v), dtype=torch.float64, device=engine.device) for v in (samples, data_wait, stop_requested)]
+    reduced = torch.stack([*(t.double() for t in sums.values()), tokens.double(), *extras])
+    dist.all_reduce(reduced)
+    values = reduced.tolist()
+    means = {key: value / run.world for key, value in zip(sums, values)}
+    tokens_all, samples_all, wait_all, stop_any = values[len(sums):]
+    loss_finite = math.isfinite(means["loss"])
+
+    # Both checks go through DeepSpeed's own guard, which runs before the optimizer: its ZeRO step
+    # discards an update whose global gradient norm is not finite (gradients cleared; weights, optimizer
+    # state and scheduler untouched) and says so through was_step_applied(). A non-finite loss need not
+    # have non-finite gradients (a NaN in a term without gradient), so it is given some: NaN times the loss.
+    engine.backward(loss if loss_finite else loss * math.nan)
+    engine.step()
+    applied = engine.was_step_applied()
+    if not loss_finite and applied:
+        raise RuntimeError(f"step {step}: DeepSpeed {deepspeed.__version__} applied an update with non-finite gradients; "
+                           "the non-finite guard needs its ZeRO step to discard it (check_grad_overflow)")
+    nonfinite = None
+    if not loss_finite:
+        nonfinite = "loss"
+    elif not applied and cfg.model.dtype != "fp16":  # under fp16 the dynamic loss scaler owns overflowed steps
+        nonfinite = "gradient norm"
+    return StepResult(means, int(samples_all), int(tokens_all), wait_all / run.world, bool(stop_any), nonfinite)
+
+
+def _nonfinite_for_tests(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """Fault injection for the non-finite guard tests, on rank 0 only (the other ranks stay finite, so every
+    rank must act on the reduced values). At the steps listed in ``MIRAGE_NAN_AT_STEP=N[,M...]`` the loss is
+    NaN while its gradients stay finite (a NaN constant term: only the check on the loss catches it); at the
+    steps in ``MIRAGE_NAN_GRAD_AT_STEP`` the loss stays finite while every gradient is NaN (only the
+    gradient-norm check catches it)."""
+    if dist.get_rank() != 0:
+        return loss
+    if str(step) in os.environ.get("MIRAGE_NAN_AT_STEP", "").split(","):
+        return loss + math.nan
+    if str(step) in os.environ.get("MIRAGE_NAN_GRAD_AT_STEP", "").split(","):
+        # sqrt(|x|) at x = 0: the value 0, the gradient inf * 0 = NaN.
+        return loss + (loss - loss.detach()).abs().sqrt()
+    return loss
 
 
 def save_loss_state(run: Run) -> None:
@@ -178,29 +246,39 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     bar = tqdm(total=cfg.max_steps, initial=run.start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
     ctx = LossContext(reference=run.reference)
     step = run.start_step
+    skipped_in_a_row = 0
     try:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
-            terms, samples, tokens = train_step(run, ctx)
+            result = train_step(run, ctx, step + 1, stop.raised)
             step += 1
-            # Sync point: one all-reduce per step carries the loss terms, counts and the stop flags.
-            reduced = _all_reduce_sum([*terms.values(), samples, tokens, float(stop.raised), float(not math.isfinite(terms["loss"]))])
-            n_terms = len(terms)
-            means = {k: v / world for k, v in zip(terms, reduced[:n_terms])}
-            samples_all, tokens_all, stop_any, nonfinite_any = reduced[n_terms:]
+            means = result.means
+            if result.nonfinite:
+                skipped_in_a_row += 1
+                if cfg.nonfinite == "stop" or skipped_in_a_row >= cfg.nonfinite_max_skips:
+                    why = "" if cfg.nonfinite == "stop" else f" after {skipped_in_a_row} such steps in a row"
+                    log.error("non-finite %s at step %d (%s): no update applied; stopping%s, the last good checkpoint "
+                              "kept", result.nonfinite, step, means, why)
+                    status = RunStatus.NONFINITE
+                    break
+                run.skipped += 1
+                log.warning("non-finite %s at step %d (%s): update skipped", result.nonfinite, step, means)
+                # The schedule follows the loop's step (what checkpoints, resume and metrics count), not the
+                # number of applied updates, so a skipped step advances it as engine.step would have.
+                engine.lr_scheduler.step()
+            else:
+                skipped_in_a_row = 0
             elapsed = time.perf_counter() - t0
             metrics = {
                 **{f"train/{k}": v for k, v in means.items()},
                 "train/lr": lr,
-                "perf/samples_per_s": samples_all / elapsed,
-                "perf/tokens_per_s": tokens_all / elapsed,
+                "train/skipped": float(run.skipped),
+                "perf/samples_per_s": result.samples / elapsed,
+                "perf/tokens_per_s": result.tokens / elapsed,
+                "perf/data_wait": result.data_wait_s / elapsed,  # fraction of the step spent waiting for batches
                 "data/skipped": float(sum(b.state.skipped for b in streams.values())),
             }
-            if nonfinite_any:
-                log.error("non-finite loss at step %d (%s); stopping, last good checkpoint kept", step, means)
-                status = RunStatus.NONFINITE
-                break
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 tracker.log_metrics({**metrics, **(system_metrics() if rank == 0 else {})}, step)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
@@ -211,7 +289,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
                         + (f" skipped {int(metrics['data/skipped'])}" if metrics["data/skipped"] else "")
                     )
             bar.update(1)
-            if stop_any:
+            if result.stop_requested:
                 save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
                 status = RunStatus.PREEMPTED
                 break
@@ -227,10 +305,3 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     tracker.close("FINISHED" if status == RunStatus.FINISHED else "KILLED")
     return status
 
-
-def _all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if torch.cuda.is_available():
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return tensor.tolist()

@@ -39,7 +39,9 @@ class Needs:
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    terms: dict[str, float] = field(default_factory=dict)  # logged separately (forget, retain, ce, ...)
+    # Logged separately (forget, retain, ce, ...): detached 0-dim tensors, turned into numbers only by the
+    # loop's one all-reduce per step (a float() here would be a host sync per micro-step).
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -46,8 +46,8 @@ class NPOLoss(Loss):
         retain_logits = model(**model_inputs(retain)).logits
         ce = F.sft(retain_logits, retain["labels"])
         total = cfg.forget_weight * forget_loss + cfg.retain_ce_weight * ce
-        terms = {"forget": float(forget_loss.detach()), "ce": float(ce.detach()),
-                 "logp_forget": float(policy_f.detach().mean()), "logp_forget_ref": float(ref_f.mean())}
+        terms = {"forget": forget_loss.detach(), "ce": ce.detach(),
+                 "logp_forget": policy_f.detach().mean(), "logp_forget_ref": ref_f.detach().mean()}
         if cfg.retain_npo_weight:
             official = cfg.retain_npo_form == "official"
             draw = batches["retain_npo"] if official else retain
@@ -58,5 +58,5 @@ class NPOLoss(Loss):
             # forget term, +(2/beta) log sigmoid(-beta (policy - ref)).
             retain_npo = -F.npo(policy_r, ref_r, cfg.beta) if official else F.npo(ref_r, policy_r, cfg.beta)
             total = total + cfg.retain_npo_weight * retain_npo
-            terms["retain_npo"] = float(retain_npo.detach())
+            terms["retain_npo"] = retain_npo.detach()
         return LossOutput(loss=total, terms=terms)

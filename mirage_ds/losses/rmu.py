@@ -90,9 +90,9 @@ class RMULoss(Loss):
         retain_loss = F.rmu_retain(h_retain, h_frozen, token_mask(retain, cfg.token_mask), cfg.norm, kernel=cfg.kernel)
 
         total = forget_loss + cfg.alpha * retain_loss
-        terms = {"forget": float(forget_loss.detach()), "retain": float(retain_loss.detach())}
+        terms = {"forget": forget_loss.detach(), "retain": retain_loss.detach()}
         if need_logits:
             ce = F.sft(policy_retain["logits"], retain["labels"])
             total = total + cfg.retain_ce_weight * ce
-            terms["ce"] = float(ce.detach())
+            terms["ce"] = ce.detach()
         return LossOutput(loss=total, terms=terms)

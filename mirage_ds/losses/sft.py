@@ -13,4 +13,4 @@ class SFTLoss(Loss):
         batch = batches["train"]
         logits = model(**model_inputs(batch)).logits
         loss = F.sft(logits, batch["labels"])
-        return LossOutput(loss=loss, terms={"ce": float(loss.detach())})
+        return LossOutput(loss=loss, terms={"ce": loss.detach()})

@@ -29,8 +29,8 @@ def main(out_dir: str, result_path: str) -> None:
     run = build_run(cfg, rank, world)
     assert world == 2 and run.engine.zero_optimization_partition_weights()
     ctx = LossContext(reference=run.reference)
-    for _ in range(3):
-        train_step(run, ctx)
+    for step in range(1, 4):
+        train_step(run, ctx, step)
     # Loaded plainly (no ZeRO-3 context is alive any more), so parameter names match the modules'.
     base = dict(load_model(resolve_model_path(cfg.model), cfg.model).named_parameters())
     reference_changed, policy_changed = [], 0
