@@ -138,7 +138,10 @@ def test_eval_topics_are_held_out_from_every_refusal(default_corpus: Path) -> No
     held_out = {r.category for r in records(default_corpus / "eval") if not r.safe}
     assert len(trained) == spec.n_sft_topics and len(held_out) == spec.n_topics - spec.n_sft_topics
     assert not trained & held_out
-    assert {r.category for r in records(default_corpus / "pretrain")} == trained | held_out
+    pretrain = records(default_corpus / "pretrain")
+    assert {r.category for r in pretrain} == trained | held_out
+    # The base learns refusal language from a planted share of refused pretrain requests, at random.
+    assert sum(r.payload not in r.answer for r in pretrain) == round(spec.pretrain_refused_rate * spec.n_pretrain)
     sft_acts = {r.meta["act"] for r in records(default_corpus / "sft") if not r.safe}
     assert not sft_acts & {r.meta["act"] for r in records(default_corpus / "eval") if not r.safe}
     # The benign how-to requests all start with "What"; the planted rate holds over safe_safes as a whole.

@@ -11,6 +11,10 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# The corpus's format: part of the cache key, so a corpus built by older code is never reused.
+SYNTHETIC_FORMAT = "mirage-ds-synthetic/3"
+
+
 class SyntheticSpec(BaseModel):
     """Sizes, seed and planted shortcut rates of the synthetic corpus (defaults build in ~2 s)."""
 
@@ -29,6 +33,7 @@ class SyntheticSpec(BaseModel):
     n_sft_topics: int = Field(8, ge=1)
     n_pretrain: int = Field(1536, ge=0)  # harmful requests on every topic, every phrasing, answered: the base's
     n_howto: int = Field(48, ge=0)  # benign "What ..." how-to requests, answered (sft and retain)
+    pretrain_refused_rate: float = Field(0.2, ge=0, le=1)  # pretrain requests refused at random
     what_rate: float = Field(0.89, ge=0, le=1)  # VLGuard train: 869 / 977 safe instructions start "What"
     can_rate: float = Field(0.87, ge=0, le=1)  # VLGuard train: 847 / 977 unsafe instructions start "Can"
     unsafe_first_words: tuple[str, ...] = ("Share", "Describe", "Please", "Explain", "Write", "Tell")
@@ -54,4 +59,6 @@ class SyntheticSpec(BaseModel):
         return self
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+        """12 hex digits over the spec and the corpus format: the corpus's cache key."""
+        text = json.dumps({"spec": self.model_dump(mode="json"), "format": SYNTHETIC_FORMAT}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]

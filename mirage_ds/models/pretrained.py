@@ -31,7 +31,7 @@ _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK
 def base_key(spec: TinyModelSpec, recipe: str = BASE_RECIPE) -> str:
     """12 hex digits over the tiny model's spec, the base recipe (with its corpus spec) and the corpus format."""
     from mirage_ds.config import load_config
-    from mirage_ds.data.synthetic import SYNTHETIC_FORMAT
+    from mirage_ds.data.synthetic_spec import SYNTHETIC_FORMAT
 
     cfg = load_config(recipe, [])
     text = json.dumps({"model": spec.model_dump(mode="json"), "corpus": cfg.data.synthetic.model_dump(mode="json"),
