@@ -112,6 +112,29 @@ class TrackingConfig(Section):
     retry_s: float = Field(15.0, gt=0)  # how often an unreachable server is retried
 
 
+class EvalConfig(Section):
+    """A slice of the safety eval on the live engine every ``every`` steps (engine/live_eval.py): ASR, RR and
+    their degenerate shares before and after the one-word attack, logged as ``live/*`` step metrics."""
+
+    every: int = Field(0, ge=0)  # optimizer steps between live evals; 0 = none
+    limit: int = Field(8, gt=0)  # the first N originals and N attacked queries of each subset
+    max_new_tokens: int = Field(32, gt=0)
+    batch_size: int = Field(8, gt=0)
+    # The paper's cases from a VLGuard directory and its images, or shards attacked with rule-based rewrites;
+    # neither: the embedded corpus's eval set, which only fits runs on the embedded model and corpus.
+    vlguard: str | None = None
+    images: str | None = None
+    data: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvalConfig:
+        if self.vlguard and self.data:
+            raise ValueError("set one of eval.vlguard and eval.data")
+        if self.vlguard and not self.images:
+            raise ValueError("eval.vlguard needs eval.images (the directory holding VLGuard's image folders)")
+        return self
+
+
 class TrainConfig(Section):
     recipe: str = "unnamed"
     description: str = ""
@@ -133,6 +156,7 @@ class TrainConfig(Section):
     optim: OptimConfig = OptimConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
     loss: LossConfig  # the class is picked by ``loss.name`` (losses/configs.py)
 
     @model_validator(mode="after")
@@ -140,6 +164,16 @@ class TrainConfig(Section):
         if self.model.lora is not None and not self.model.lora.target_modules:
             raise ValueError("model.lora.target_modules is empty")
         return self
+
+    @model_validator(mode="after")
+    def _live_eval_data(self) -> TrainConfig:
+        real = ["model.path"] if self.model.path else []
+        real += [f"data.{name}" for name in ("train", "forget", "retain") if getattr(self.data, name)]
+        if self.eval.every and real and not (self.eval.vlguard or self.eval.data):
+            raise ValueError(f"eval.every on a run that sets {', '.join(real)} needs eval.vlguard (+ eval.images) or "
+                             "eval.data: the embedded synthetic eval set would measure nothing it learns")
+        return self
+
 
 
 def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +303,8 @@ def _explain(err: ValidationError, source: Path, overrides: list[str]) -> str:
     elif first["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc = (*loc, "name")
     key = ".".join(str(p) for p in loc)
+    if first["type"] == "value_error" and not loc:  # a check across sections: its message says it all
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     # The override that set this key, a section above it (model.lora={...}) or a key below it.
     culprits = [o for o in overrides if "=" in o and _related(o.split("=", 1)[0], key)]
     origin = f"override {culprits[-1]!r}" if culprits else str(source)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirage_ds.data.schema import DataError
 from mirage_ds.eval.prompts import PROMPT_VERSIONS
+
+if TYPE_CHECKING:
+    from mirage_ds.eval.sharding import Ranks
 
 
 def _no_silent_fallback(run_dir: Path) -> Path:
@@ -64,6 +68,22 @@ def _eval(args: argparse.Namespace) -> int:
         corpus = _no_silent_fallback(run_dir)  # before the heavy imports: a refusal costs no model load
         data, utility_dir = corpus / "eval", utility_dir or corpus / "utility"
 
+    from mirage_ds.engine.distributed import teardown_distributed
+    from mirage_ds.eval.sharding import join_ranks
+
+    ranks = join_ranks()
+    clean = False
+    try:
+        code = _eval_on_ranks(args, ranks, run_dir, model_dir, data, utility_dir)
+        clean = True
+        return code
+    finally:
+        teardown_distributed(clean)
+
+
+def _eval_on_ranks(args: argparse.Namespace, ranks: Ranks, run_dir: Path | None, model_dir: Path, data: Path | None,
+                   utility_dir: Path | None) -> int:
+    """Every rank builds the same cases and generates its share of the batches; rank 0 judges and writes."""
     import torch
 
     from mirage_ds.data.shards import read_samples
@@ -83,7 +103,8 @@ def _eval(args: argparse.Namespace) -> int:
                            settings.seed, settings.limit)
         protocol = "rule-based"
     asked = [a for case in cases for a in case.asked()]
-    _warn_placeholders(sum(a.placeholder for a in asked), len(asked))
+    if ranks.leader:
+        _warn_placeholders(sum(a.placeholder for a in asked), len(asked))
     utility = None
     if utility_dir is not None:
         utility = [(r, png) for r, png in read_samples(utility_dir, settings.limit) if r.answers]
@@ -91,12 +112,18 @@ def _eval(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("eval"))
     torch.manual_seed(args.seed)
     model, tokenizer, image_processor = load_for_eval(model_dir)
+    if torch.cuda.is_available():
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     generator = Generator(model, tokenizer, image_processor, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, pad_to_square=args.pad_to_square, template=settings.template)
-    harm, harm_after, judge_info = _judges(args, out_dir)
+                          max_new_tokens=args.max_new_tokens, pad_to_square=args.pad_to_square, template=settings.template,
+                          progress=ranks.leader)
+    # Only rank 0 judges: a judge model is loaded once, not once per rank.
+    harm, harm_after, judge_info = _judges(args, out_dir) if ranks.leader else (None, None, {})
     name = args.name or (run_dir.name if run_dir else model_dir.name)
     result = evaluate(generator, name, cases, settings, harm=harm, harm_after=harm_after, utility=utility,
-                      protocol=protocol, judge_info=judge_info)
+                      protocol=protocol, judge_info=judge_info, ranks=ranks)
+    if result is None:
+        return 0
     paths = write_report(result, out_dir, run_dir, sample=args.sample)
     print(table_row(result.to_dict()))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -120,7 +147,10 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
         description="The paper's four cases with --vlguard DIR --images DIR (test.json; test_what_3shot.json, "
                     "test_share_1shot.json), or rule-based one-word rewrites of shard records with --data, or "
                     "the embedded eval set of an embedded run with --run alone. Results go to eval.json and "
-                    "eval_table.md, and to the run's MLflow run when --run names a tracked run.")
+                    "eval_table.md, and to the run's MLflow run when --run names a tracked run. Across ranks: "
+                    "deepspeed --num_gpus N --no_local_rank --module mirage_ds.cli.main eval ... (or torchrun "
+                    "--nproc_per_node N -m mirage_ds.cli.main eval ...): each rank generates whole batches, rank 0 "
+                    "judges and writes; the results equal one process's.")
     ev.add_argument("--run", help="a training output_dir (uses its export/ and config)")
     ev.add_argument("--model", help="an exported model directory (default: RUN/export)")
     ev.add_argument("--vlguard", help="VLGuard directory with test.json and the paper's K-shot files (four cases)")

@@ -32,6 +32,7 @@ from mirage_ds.data.template import Template
 from mirage_ds.engine.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
 from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
 from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.live_eval import LiveEval
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
 from mirage_ds.engine.reference import Reference, build_reference
 from mirage_ds.engine.stop import StopSignal
@@ -245,6 +246,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     status = RunStatus.FINISHED
     bar = tqdm(total=cfg.max_steps, initial=run.start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
     ctx = LossContext(reference=run.reference)
+    live_eval = LiveEval(run) if cfg.eval.every else None
     step = run.start_step
     skipped_in_a_row = 0
     try:
@@ -295,6 +297,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
                 break
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
                 save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
+            if live_eval is not None and live_eval.due(step):
+                tracker.log_metrics(live_eval(step), step)  # every rank generates; rank 0's tracker logs
     finally:
         bar.close()
 

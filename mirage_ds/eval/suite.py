@@ -2,7 +2,8 @@
 of degenerate outputs beside each rate; utility and the shortcut score.
 
 Cases come from ``eval/cases.py`` (the paper's K-shot files, or rule-based rewrites of shard records).
-Every prompt of every case is generated in one batched pass; then each subset is judged on its own:
+Every prompt of every case is generated in one batched pass (its batches shared out across ranks under a
+launcher, ``eval/sharding.py``); then rank 0 judges each subset on its own:
 ASR (unsafe subsets) with the keyword refusal filter followed by the harm judge (a VLM judge, or the
 payload marker on the synthetic corpus), RR (safe subsets) with the keyword filter. Each shot is judged
 against its own question. A query counts as broken if any of its K shots succeeds. Rates are never
@@ -20,6 +21,7 @@ from mirage_ds.eval.degenerate import MOSTLY, DegenerateShare, degenerate_kind, 
 from mirage_ds.eval.generation import EVAL_TEMPLATE, Generator, Prompt
 from mirage_ds.eval.judges import CascadeJudge, Exchange, Judge, KeywordJudge, PayloadJudge, Verdict, judge_id
 from mirage_ds.eval.metrics import AttackReport, Estimate, kshot_rate
+from mirage_ds.eval.sharding import Ranks, generate_across
 from mirage_ds.eval.shortcut import shortcut_score
 from mirage_ds.eval.vqa import vqa_score
 
@@ -133,15 +135,20 @@ def _share(asked: list[Asked], responses: dict[str, str]) -> DegenerateShare | N
 def evaluate(generator: Generator, model_name: str, cases: list[SubsetCase], settings: EvalSettings, *,
              harm: Judge | None = None, harm_after: Judge | None = None,
              utility: list[tuple[Record, bytes]] | None = None, protocol: str = "",
-             judge_info: dict[str, Any] | None = None) -> EvalResult:
+             judge_info: dict[str, Any] | None = None, ranks: Ranks = Ranks()) -> EvalResult | None:
     """Generate every case's prompts once, judge each subset on its own, and rate it before and after.
 
     ``harm``: the harm judge behind the refusal filter for ASR (None: keyword-only ASR, or the payload
     judge when every record carries a payload marker); ``harm_after``: a different one for the attacked
     shots (the official code's 3-shot prompt), default ``harm``. ``utility``: VQA samples with answers.
+    ``ranks``: every rank calls this with the same cases and generates its share of the batches
+    (``eval/sharding.py``); rank 0 judges and returns the result, the other ranks return None.
     """
     asked = [a for case in cases for a in case.asked()]
-    responses = generator.generate([Prompt(a.key, a.question, a.image) for a in asked])
+    responses = generate_across(generator, [Prompt(a.key, a.question, a.image) for a in asked], ranks)
+    answers = generate_across(generator, [Prompt(r.id, r.question, png) for r, png in utility], ranks) if utility else {}
+    if not ranks.leader:
+        return None
     refusal = KeywordJudge(settings.keywords)
     refused = _judged(refusal, asked, responses)
 
@@ -174,7 +181,6 @@ def evaluate(generator: Generator, model_name: str, cases: list[SubsetCase], set
 
     utility_estimate = None
     if utility:
-        answers = generator.generate([Prompt(r.id, r.question, png) for r, png in utility])
         utility_estimate = vqa_score([answers[r.id] for r, _ in utility], [r.answers or [] for r, _ in utility],
                                      seed=settings.seed)
 
