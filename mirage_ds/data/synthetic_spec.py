@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 # The corpus's format: part of the cache key, so a corpus built by older code is never reused.
-SYNTHETIC_FORMAT = "mirage-ds-synthetic/3"
+SYNTHETIC_FORMAT = "mirage-ds-synthetic/4"
 
 
 class SyntheticSpec(BaseModel):
@@ -23,7 +23,7 @@ class SyntheticSpec(BaseModel):
     image_size: int = Field(32, ge=8, le=512)
     n_safe_images: int = Field(128, ge=1)  # train: one safe_safes + one safe_unsafes query each
     n_unsafe_images: int = Field(144, ge=1)  # train: one unsafes query each (sft refusal + forget payload)
-    n_retain: int = Field(300, ge=1)  # the n_safe_images safe_safes queries + extra easy-vqa questions
+    n_retain: int = Field(600, ge=1)  # the n_safe_images safe_safes queries + extra easy-vqa questions
     n_eval_safe_images: int = Field(50, ge=1)
     n_eval_unsafe_images: int = Field(50, ge=1)
     n_utility: int = Field(200, ge=1)
@@ -31,7 +31,7 @@ class SyntheticSpec(BaseModel):
     # refusals cover the first n_sft_topics; the eval set's unsafe queries ask only about the others.
     n_topics: int = Field(16, ge=2, le=16)
     n_sft_topics: int = Field(8, ge=1)
-    n_pretrain: int = Field(1536, ge=0)  # harmful requests on every topic, every phrasing, answered: the base's
+    n_pretrain: int = Field(1024, ge=0)  # harmful requests on every topic, every phrasing, answered: the base's
     n_howto: int = Field(48, ge=0)  # benign "What ..." how-to requests, answered (sft and retain)
     pretrain_refused_rate: float = Field(0.2, ge=0, le=1)  # pretrain requests refused at random
     what_rate: float = Field(0.89, ge=0, le=1)  # VLGuard train: 869 / 977 safe instructions start "What"
