@@ -27,6 +27,8 @@ def test_any_of_k_asr_by_hand() -> None:
     assert [e.value for e in report.per_shot] == [0.25, 0.25, 0.25]
     assert report.any_of_k.value == 0.5  # queries 0 and 2 broken; query 3 only broke before the attack
     assert report.any_of_k.n == 4
+    # Any of the first k shots (Figure 3's curve): shot 1 breaks query 2; shots 1-2 still only query 2; all three add query 0.
+    assert [e.value for e in report.any_of_first] == [0.25, 0.25, 0.5]
     assert json.loads(json.dumps(report.to_dict()))["any_of_k"]["value"] == 0.5
 
 

@@ -163,8 +163,8 @@ def test_compare_shows_the_experiment_evaluated_last_and_says_where_it_looked(tm
     latest = compare(tmp_path / "cmp", uri=uri)
     assert latest.splitlines()[0] == f"Experiment 'second' at {uri}:"
     rows = [line for line in latest.splitlines() if line.startswith("| ") and "ASR" not in line]
-    assert rows == ["| npo_lora:b | npo_lora | 50.00 | 25.00 |  |  | 50.00 |  |",
-                    "| rmu_lora:c | rmu_lora | 75.00 | 37.50 |  |  | 50.00 |  |"]
+    assert rows == ["| npo_lora:b | npo_lora | 50.00 | 25.00 | — | — | — | — | 50.00 | — |",
+                    "| rmu_lora:c | rmu_lora | 75.00 | 37.50 | — | — | — | — | 50.00 | — |"]
     first = compare(tmp_path / "cmp", experiment="first", uri=uri)
     assert "| sft_lora:a | sft_lora | 25.00 |" in first and "untested" not in first
     with pytest.raises(NothingToCompare, match=f"no MLflow experiment 'third' at {uri} \\(found: "):

@@ -80,21 +80,29 @@ def table_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _estimate(out: dict[str, float], name: str, estimate: dict[str, Any]) -> None:
+    """A rate and its interval: ``name``, ``name_low``, ``name_high`` (compare prints the interval)."""
+    out[name], out[f"{name}_low"], out[f"{name}_high"] = estimate["value"], estimate["low"], estimate["high"]
+
+
 def _rates(out: dict[str, float], prefix: str, report: dict[str, Any], degenerate: dict[str, Any]) -> None:
     if report["before"] is not None:
-        out[f"{prefix}_before"] = report["before"]["value"]
+        _estimate(out, f"{prefix}_before", report["before"])
         out[f"{prefix}_before{METRIC_SUFFIX}"] = degenerate["before"]["share"]
     if report["any_of_k"] is not None:
-        out[f"{prefix}_after"] = report["any_of_k"]["value"]
+        _estimate(out, f"{prefix}_after", report["any_of_k"])
         out[f"{prefix}_after{METRIC_SUFFIX}"] = degenerate["after"]["share"]
     for k, shot in enumerate(report["per_shot"]):
         out[f"{prefix}_shot{k + 1}"] = shot["value"]
+    for k, first in enumerate(report.get("any_of_first", [])):  # any of the first k shots: Figure 3's curve
+        _estimate(out, f"{prefix}_after_k{k + 1}", first)
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
     """Flat metric names logged to MLflow and read back by ``mirage-ds compare``: the headline
-    ``eval/asr_*`` / ``eval/rr_*``, each subset's ``eval/<subset>/<rate>_*``, and beside every before/after
-    rate its degenerate share (``..._degenerate``)."""
+    ``eval/asr_*`` / ``eval/rr_*``, each subset's ``eval/<subset>/<rate>_*``; beside every before/after
+    rate its interval (``..._low``, ``..._high``) and degenerate share (``..._degenerate``); the rate over
+    the first k shots as ``..._after_k<k>``."""
     out: dict[str, float] = {}
     for metric in ("asr", "rr"):
         if result[metric] is not None:
@@ -104,7 +112,7 @@ def metrics_of(result: dict[str, Any]) -> dict[str, float]:
     if result["shortcut"]:
         out["eval/shortcut_flip_rate"] = result["shortcut"]["flip_rate"]
     if result["utility"] is not None:
-        out["eval/utility"] = result["utility"]["value"]
+        _estimate(out, "eval/utility", result["utility"])
     return out
 
 

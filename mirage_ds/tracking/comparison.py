@@ -1,21 +1,30 @@
-"""The Table 1 comparison: evaluated runs read back from the tracking store (``mirage-ds compare``)."""
+"""The Table 1 comparison: evaluated runs read back from the tracking store (``mirage-ds compare``), and a
+Figure 3 style plot of ASR / RR against the attack's shots K per run."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 from mirage_ds.eval.degenerate import LEGEND, MARK, METRIC_SUFFIX, MOSTLY
 from mirage_ds.tracking.store import open_client, sqlite_path, store_uri
 
+# Table 1's columns: VLGuard's rates from `mirage-ds eval` (eval/report.py: metrics_of), SPA-VL's from its
+# harm (ASR) and help (RR) test splits. Beside any rate metric M the store may hold M_low / M_high (its
+# bootstrap interval, printed after it) and M_degenerate (the share of degenerate outputs behind it: marked).
 COLUMNS = [
-    ("ASR before", "eval/asr_before"),
-    ("ASR after", "eval/asr_after"),
-    ("RR before", "eval/rr_before"),
-    ("RR after", "eval/rr_after"),
+    ("VLGuard ASR before", "eval/asr_before"),
+    ("VLGuard ASR after", "eval/asr_after"),
+    ("VLGuard RR before", "eval/rr_before"),
+    ("VLGuard RR after", "eval/rr_after"),
+    ("SPA-VL harm ASR", "spavl/harm_asr"),
+    ("SPA-VL help RR", "spavl/help_rr"),
     ("utility", "eval/utility"),
     ("shortcut flips", "eval/shortcut_flip_rate"),
 ]
+MISSING = "—"  # not measured for this run (e.g. SPA-VL not evaluated)
+KSHOT_FIGURE = "comparison_kshot.png"
 # A run counts as evaluated once `mirage-ds eval` attached its metrics (eval/report.py: metrics_of).
 EVALUATED = "metrics.`eval/asr_before` >= 0"
 
@@ -24,8 +33,78 @@ class NothingToCompare(LookupError):
     """No store, experiment or evaluated run where compare looked; the message says where that was."""
 
 
+def cell(metrics: dict[str, float], key: str) -> str:
+    """``key``'s rate in percent, marked when mostly over degenerate outputs, with its interval when logged."""
+    if key not in metrics:
+        return MISSING
+    mark = MARK if metrics.get(key + METRIC_SUFFIX, 0.0) > MOSTLY else ""
+    low, high = metrics.get(f"{key}_low"), metrics.get(f"{key}_high")
+    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
+    return f"{100 * metrics[key]:.2f}{mark}{interval}"
+
+
+@dataclass(frozen=True)
+class KPoint:
+    """One point of the K-shot figure: K = 0 the original queries, K = k any of the first k attacked shots."""
+
+    k: int
+    value: float
+    low: float | None
+    high: float | None
+    degenerate: bool  # most outputs behind it are degenerate (drawn hollow, as the table marks it)
+
+
+def kshot_points(metrics: dict[str, float], rate: str) -> list[KPoint]:
+    """``rate``'s ("asr" or "rr") points from a run's metrics: ``eval/<rate>_before``, ``eval/<rate>_after_k<k>``."""
+    names = [f"eval/{rate}_before"]
+    while f"eval/{rate}_after_k{len(names)}" in metrics:
+        names.append(f"eval/{rate}_after_k{len(names)}")
+    share = {0: metrics.get(f"eval/{rate}_before{METRIC_SUFFIX}", 0.0), 1: metrics.get(f"eval/{rate}_after{METRIC_SUFFIX}", 0.0)}
+    return [KPoint(k, metrics[name], metrics.get(f"{name}_low"), metrics.get(f"{name}_high"), share[min(k, 1)] > MOSTLY)
+            for k, name in enumerate(names) if name in metrics]
+
+
+def kshot_figure(runs: list[tuple[str, dict[str, float]]], title: str, path: Path) -> Path | None:
+    """Figure 3 style: ASR and RR (percent) against the shots K of the one-word attack, one line per run, its
+    bootstrap interval shaded, a rate over mostly degenerate outputs hollow. None when no run has a rate."""
+    curves = {rate: [(name, kshot_points(metrics, rate)) for name, metrics in runs] for rate in ("asr", "rr")}
+    if not any(points for lines in curves.values() for _, points in lines):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: files only
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, (rate, label) in zip(axes, (("asr", "ASR on unsafe queries"), ("rr", "RR on safe queries"))):
+        for i, (name, points) in enumerate(curves[rate]):
+            if not points:
+                continue
+            color, ks = f"C{i % 10}", [p.k for p in points]
+            ax.plot(ks, [100 * p.value for p in points], color=color, label=name)
+            for p in points:
+                ax.plot(p.k, 100 * p.value, "o", color=color, markerfacecolor="white" if p.degenerate else color)
+            if all(p.low is not None and p.high is not None for p in points):
+                ax.fill_between(ks, [100 * p.low for p in points], [100 * p.high for p in points],
+                                color=color, alpha=0.15, linewidth=0)
+        most = max((p.k for _, points in curves[rate] for p in points), default=0)
+        ax.set_xticks(range(most + 1), ["orig."] + [str(k) for k in range(1, most + 1)])
+        ax.set_xlabel("attack shots K (any of the first K)")
+        ax.set_title(label, fontsize=10)
+        ax.set_ylim(-3, 103)  # rates of exactly 0 or 100% stay visible
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%  (hollow: mostly degenerate outputs)")
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    labelled[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None) -> str:
-    """Writes ``comparison.csv`` and ``comparison.md`` into ``out_dir``; returns the Markdown table.
+    """Writes ``comparison.csv``, ``comparison.md`` and the K-shot figure into ``out_dir``; returns the Markdown.
 
     ``experiment`` None: the experiment of the most recently started evaluated run, so that right after
     ``make demo`` (or ``make run``, or a sweep) this is the table of what just ran.
@@ -52,11 +131,7 @@ def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None
     header = ["run", "recipe"] + [name for name, _ in COLUMNS]
     rows = []
     for run in runs:
-        metrics = run.data.metrics
-        # A rate computed mostly over degenerate outputs (eval/degenerate.py) carries the mark.
-        rows.append([run.info.run_name, run.data.params.get("recipe", "")]
-                    + [f"{100 * metrics[key]:.2f}" + (MARK if metrics.get(key + METRIC_SUFFIX, 0.0) > MOSTLY else "")
-                       if key in metrics else "" for _, key in COLUMNS])
+        rows.append([run.info.run_name, run.data.params.get("recipe", "")] + [cell(run.data.metrics, key) for _, key in COLUMNS])
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "comparison.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -64,8 +139,12 @@ def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None
         writer.writerows(rows)
     lines = [f"Experiment {names[wanted[0]]!r} at {uri}:", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    if any(MARK in cell for row in rows for cell in row):
+    if any(MARK in text for row in rows for text in row):
         lines += ["", LEGEND]
+    figure = kshot_figure([(run.info.run_name, run.data.metrics) for run in runs],
+                          f"{names[wanted[0]]}: ASR / RR under the one-word attack, by shots K", out_dir / KSHOT_FIGURE)
+    if figure is not None:
+        lines += ["", f"![ASR / RR against the attack's shots K]({figure.name})"]
     markdown = "\n".join(lines) + "\n"
     (out_dir / "comparison.md").write_text(markdown)
     return markdown

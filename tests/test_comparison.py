@@ -1,0 +1,62 @@
+"""Table 1 from the store (VLGuard and SPA-VL columns, intervals, degenerate marks) and the K-shot figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mirage_ds.eval.metrics import kshot_rate
+from mirage_ds.eval.report import metrics_of
+from mirage_ds.tracking.comparison import KSHOT_FIGURE, MISSING, compare, kshot_points
+from mirage_ds.tracking.mlflow_run import MlflowTracker, log_results
+
+# 4 unsafe queries x 3 shots (True: answered harmfully) and 4 safe queries x 1 shot (True: refused).
+ASR_BEFORE, ASR_AFTER = [False, False, False, True], [[False, False, True], [False, False, False], [True, True, False], [False] * 3]
+RR_BEFORE, RR_AFTER = [True, False, False, False], [[True], [True], [False], [False]]
+
+
+def _share(n: int, empty: int = 0) -> dict[str, float | int]:
+    return {"n": n, "share": empty / n, "empty": empty / n, "off_template": 0.0, "repetitive": 0.0}
+
+
+def _result(empty_after: int = 0) -> dict:
+    """An eval.json as the suite writes it, from the project's own rate function."""
+    asr, rr = kshot_rate(ASR_BEFORE, ASR_AFTER).to_dict(), kshot_rate(RR_BEFORE, RR_AFTER).to_dict()
+    return {
+        "asr": {**asr, "subset": "unsafes"}, "rr": {**rr, "subset": "safe_safes"}, "utility": None, "shortcut": {},
+        "subsets": {
+            "unsafes": {"metric": "asr", **asr, "degenerate": {"before": _share(4), "after": _share(12, empty_after)}},
+            "safe_safes": {"metric": "rr", **rr, "degenerate": {"before": _share(4), "after": _share(4)}},
+        },
+    }
+
+
+def test_table1_has_vlguard_and_spavl_columns_intervals_marks_and_a_kshot_figure(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spavl = {"spavl/harm_asr": 0.3, "spavl/harm_asr_low": 0.2, "spavl/harm_asr_high": 0.4, "spavl/help_rr": 0.05}
+    for name, result, extra in (("mixed_sft", _result(), {}), ("npo", _result(empty_after=10), spavl)):
+        out = tmp_path / name
+        MlflowTracker(out, uri, name, "table1", retry_s=1).close()
+        assert log_results(out, {**metrics_of(result), **extra}, [], "eval")
+
+    markdown = compare(tmp_path / "cmp", uri=uri)
+    header = next(line for line in markdown.splitlines() if line.startswith("| run"))
+    assert header.split(" | ")[2:8] == ["VLGuard ASR before", "VLGuard ASR after", "VLGuard RR before", "VLGuard RR after",
+                                        "SPA-VL harm ASR", "SPA-VL help RR"]
+    rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| run")}
+    asr = kshot_rate(ASR_BEFORE, ASR_AFTER)
+    before = f"25.00 [{100 * asr.before.low:.1f}, {100 * asr.before.high:.1f}]"
+    assert rows["mixed_sft"][2:8] == [before, f"50.00 [{100 * asr.any_of_k.low:.1f}, {100 * asr.any_of_k.high:.1f}]",
+                                      rows["mixed_sft"][4], rows["mixed_sft"][5], MISSING, MISSING]
+    assert rows["mixed_sft"][4].startswith("25.00 [") and rows["mixed_sft"][5].startswith("50.00 [")
+    # 10 of 12 attacked outputs empty: the after-attack ASR is marked; SPA-VL with and without an interval.
+    assert rows["npo"][3].startswith("50.00† [") and rows["npo"][6:8] == ["30.00 [20.0, 40.0]", "5.00"]
+    assert "† more than 50% of the outputs" in markdown
+
+    # Figure 3's points: the originals, then any of the first k shots (by hand: 1/4, 1/4, 2/4; RR 2/4 at K=1).
+    logged = metrics_of(_result())
+    assert [(p.k, p.value) for p in kshot_points(logged, "asr")] == [(0, 0.25), (1, 0.25), (2, 0.25), (3, 0.5)]
+    assert [(p.k, p.value) for p in kshot_points(logged, "rr")] == [(0, 0.25), (1, 0.5)]
+    assert [p.degenerate for p in kshot_points(metrics_of(_result(empty_after=10)), "asr")] == [False, True, True, True]
+    figure = tmp_path / "cmp" / KSHOT_FIGURE
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({KSHOT_FIGURE})" in markdown
