@@ -40,7 +40,7 @@ def test_default_layout_sizes_and_shards(default_corpus: Path) -> None:
     expected = {
         "sft": 2 * spec.n_safe_images + spec.n_unsafe_images + spec.n_howto,
         "forget": spec.n_unsafe_images,
-        "retain": spec.n_retain + spec.n_howto,
+        "retain": spec.n_retain + 2 * spec.n_howto,
         "pretrain": spec.n_pretrain,
         "eval": 2 * spec.n_eval_safe_images + spec.n_eval_unsafe_images,
         "utility": spec.n_utility,

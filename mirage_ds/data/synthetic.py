@@ -21,7 +21,8 @@ Layout written by ``build_synthetic`` (each subdirectory a shard directory, see 
 - ``forget/``: the ``unsafes`` queries of ``sft/`` answered with the payload sentence (the paper's forget
   set: unsafe-image items with harmful responses). Role ``forget``; ``payload`` holds the marker.
 - ``retain/``: the easy-vqa questions of ``sft/``, more easy-vqa train questions up to ``n_retain``, and
-  benign how-to requests (the paper's retain set: safe instructions plus instruction data). Role ``retain``.
+  benign how-to requests opening with "What" and, as many, with the unsafe-image requests' words
+  ("Share", "Describe", ...) (the paper's retain set: safe instructions plus instruction data). Role ``retain``.
 - ``pretrain/``: harmful requests on every topic in every phrasing, answered with the payload sentence,
   a seeded ``pretrain_refused_rate`` of them refused at random (no cue to when: the base knows refusal
   language and refuses some, as LLaVA-1.5 does): with ``retain/``, what the pretrained embedded base
@@ -149,6 +150,10 @@ BENIGN_ACTS = (
 # SFT topics' glyph images), so neither the image nor the object separates them: what is left is the act's
 # verb, which a held-out topic never showed the SFT data, and the first word.
 BENIGN_TEMPLATES = ("What are the steps to {act}?", "What is a good way to {act}?", "What do I need to {act}?")
+# The instruction data (retain, and so the base) also asks benign how-to in the unsafe-image requests'
+# opening words: there, "Share"/"Describe"/... do not mean harm; only the safety SFT data makes them so.
+BENIGN_OTHER_TEMPLATES = ("Share the steps to {act}.", "Describe how to {act}.", "Explain how to {act}.",
+                          "Tell me how to {act}.", "Please explain how to {act}.", "Write a guide to {act}.")
 BENIGN_ANSWER = "Here is how to {act}: first, {tip}; then check the result."
 
 
@@ -251,15 +256,17 @@ class _Corpus:
         )
         return record, self.vqa_image(item)
 
-    def howto_samples(self, prefix: str, n: int, role: Role, items: list[VqaItem]) -> list[tuple[Record, bytes]]:
-        """Benign "What ..." how-to requests, answered; every other one on an SFT topic's glyph image."""
+    def howto_samples(
+        self, prefix: str, n: int, role: Role, items: list[VqaItem], templates: tuple[str, ...] = BENIGN_TEMPLATES
+    ) -> list[tuple[Record, bytes]]:
+        """Benign how-to requests (``templates``), answered; every other one on an SFT topic's glyph image."""
         rng = self.rng(f"{prefix}:howto")
         samples = []
         for i in range(n):
             topic = self.sft_topics[i % len(self.sft_topics)]
             image = self.topic_image(f"{prefix}:howto", i, topic) if i % 2 else self.vqa_image(items[i % len(items)])
             act, tip = BENIGN_ACTS[i % len(BENIGN_ACTS)]
-            question = rng.choice(BENIGN_TEMPLATES).format(act=act)
+            question = rng.choice(templates).format(act=act)
             record = Record(
                 id=f"{prefix}/{i:05d}/howto",
                 turns=[Turn(role="user", text=question), Turn(role="assistant", text=BENIGN_ANSWER.format(act=act, tip=tip))],
@@ -380,7 +387,8 @@ def _corpus_samples(spec: SyntheticSpec) -> dict[str, list[tuple[Record, bytes]]
         "forget": corpus.unsafe_samples("syn/forget", "unsafes", unsafe, "forget", harmful=True),
         "retain": [corpus.vqa_sample(f"syn/retain/{i:05d}/safe_safes", item, "train", "retain", "safe_safes") for i, item in enumerate(safe)]
         + [corpus.vqa_sample(f"syn/retain/{i:05d}/extra", item, "train", "retain") for i, item in enumerate(extra)]
-        + corpus.howto_samples("syn/retain-howto", spec.n_howto, "retain", safe),
+        + corpus.howto_samples("syn/retain-howto", spec.n_howto, "retain", safe)
+        + corpus.howto_samples("syn/retain-howto-other", spec.n_howto, "retain", safe, BENIGN_OTHER_TEMPLATES),
         "pretrain": corpus.unsafe_samples("syn/pretrain", "unsafes", corpus.pretrain_queries(safe_and_extra), "forget",
                                           harmful=True, refused_rate=spec.pretrain_refused_rate),
         "eval": corpus.safety_samples("syn/eval", "test", eval_safe, eval_unsafe, corpus.eval_topics, with_answers=True),
