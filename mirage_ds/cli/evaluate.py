@@ -112,8 +112,8 @@ def _eval_on_ranks(args: argparse.Namespace, ranks: Ranks, run_dir: Path | None,
     out_dir = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("eval"))
     torch.manual_seed(args.seed)
     model, tokenizer, image_processor = load_for_eval(model_dir)
-    if torch.cuda.is_available():
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    if torch.cuda.is_available():  # ranks beyond the node's GPUs share them
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}")
     generator = Generator(model, tokenizer, image_processor, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, pad_to_square=args.pad_to_square, template=settings.template,
                           progress=ranks.leader)
