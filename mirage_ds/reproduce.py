@@ -22,9 +22,9 @@ from mirage_ds.config import REPO_ROOT, ConfigError, load_config
 # (row name, recipe stem, overrides for the embedded world): the recipe is ``<stem>_<variant>``. The
 # overrides size each run for the pretrained embedded base (the recipes' own defaults are smoke-sized).
 METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Unsafe-Filter", "unsafe_filter", ("max_steps=40", "micro_batch_size=8", "optim.lr=5e-4")),
-    ("Mixed-SFT", "mixed_sft", ("max_steps=60", "micro_batch_size=8", "optim.lr=5e-4")),
-    ("Posthoc-SFT", "posthoc_sft", ("max_steps=30", "micro_batch_size=8", "optim.lr=5e-4")),
+    ("Unsafe-Filter", "unsafe_filter", ("max_steps=40", "micro_batch_size=8", "optim.lr=3e-4")),
+    ("Mixed-SFT", "mixed_sft", ("max_steps=60", "micro_batch_size=8", "optim.lr=3e-4")),
+    ("Posthoc-SFT", "posthoc_sft", ("max_steps=30", "micro_batch_size=8", "optim.lr=3e-4")),
     ("NPO", "npo", ("max_steps=40", "micro_batch_size=8", "optim.lr=2e-4")),
     ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3")),
 )
@@ -146,6 +146,14 @@ def write_table(rows: list[dict[str, Any]], out_dir: Path, meta: dict[str, Any])
     return text
 
 
+def _first_word_figure(sft_dir: Path, path: Path) -> None:
+    """Figure 1's analogue: first-word frequencies of the SFT data's safe and unsafe queries."""
+    from mirage_ds.eval.shortcut import first_word_table
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first_word_table(sft_dir, by="subset").plot(path, title="first words of the SFT data (embedded world)")
+
+
 def reproduce(plan: Reproduction, progress: Any = print) -> list[dict[str, Any]]:
     """Train every method from the base, evaluate base and methods, write the table; returns its rows."""
     common = [f"seed={plan.seed}", f"tracking.experiment={plan.experiment_name}", *plan.overrides]
@@ -162,7 +170,9 @@ def reproduce(plan: Reproduction, progress: Any = print) -> list[dict[str, Any]]
             progress(f"{name}: evaluating")
             _run(_eval_command("--run", str(run_dir), "--name", name, *plan.eval_args), run_dir / "eval.log")
         rows.append(table_row(name, json.loads((run_dir / "eval" / "eval.json").read_text())))
-    meta = {"variant": plan.variant, "seed": plan.seed, "experiment": plan.experiment_name,
+    figure1 = plan.out_dir / "figure1_first_words.png"
+    _first_word_figure(corpus / "sft", figure1)
+    meta = {"figure1": str(figure1), "variant": plan.variant, "seed": plan.seed, "experiment": plan.experiment_name,
             "overrides": list(plan.overrides), "method_overrides": {name: list(sized) for name, _, sized in plan.methods}, "base": str(base), "corpus": str(corpus)}
     write_table(rows, plan.out_dir, meta)
     return rows
