@@ -117,7 +117,7 @@ def table_row(model: str, result: dict[str, Any]) -> dict[str, Any]:
         for share in (result["subsets"][subset]["degenerate"].values() if subset else ()):
             if share:
                 n += share["n"]
-                bad += share["empty"] + share["off_template"] + share["repetitive"]
+                bad += share["share"] * share["n"]  # eval.json gives each kind as a fraction of n
     row["degenerate"] = round(100 * bad / n, 2) if n else None
     row["ci95"] = intervals
     return row

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mirage_ds.config import TinyModelSpec, load_config
+from mirage_ds.eval.degenerate import DegenerateShare
 from mirage_ds.models.pretrained import base_key
 from mirage_ds.reproduce import HEADER, table_row, train_command, write_table
 
@@ -14,8 +15,9 @@ def _estimate(value: float, low: float, high: float, n: int) -> dict[str, float 
     return {"value": value, "low": low, "high": high, "n": n}
 
 
-def _share(n: int, empty: int, off_template: int, repetitive: int) -> dict[str, int]:
-    return {"n": n, "empty": empty, "off_template": off_template, "repetitive": repetitive}
+def _share(n: int, empty: int, off_template: int, repetitive: int) -> dict[str, float | int]:
+    """A degenerate share as eval.json writes it (each kind a fraction of n)."""
+    return DegenerateShare(n, empty, off_template, repetitive).to_dict()
 
 
 EVAL = {
