@@ -1,4 +1,7 @@
-"""The one training entry: ``deepspeed launcher/run.py --recipe NAME [dotted.key=value ...]``.
+"""The one training entry: ``deepspeed launcher/run.py --recipe NAME [--paper-scale] [dotted.key=value ...]``.
+
+``--paper-scale`` applies the recipe's ``paper_scale`` overrides (the paper's LLaVA-1.5-7B settings) before
+the command line's, and requires the inputs that block names (``mirage-ds recipes NAME --paper-scale``).
 
 Every rank parses and validates the recipe, then checks it against the model it names (layer range,
 trainable pattern), before any distributed work: a bad key or value fails fast with one line (printed
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", required=True, help="recipe name in recipes/ or a path to a YAML file")
+    parser.add_argument("--paper-scale", action="store_true", help="apply the recipe's paper-scale overrides first")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
     args = parser.parse_args(argv)
@@ -35,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
     rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = load_config(args.recipe, args.overrides)
+        overrides = args.overrides
+        if args.paper_scale:
+            from mirage_ds.paper_scale import paper_scale
+
+            overrides = paper_scale(args.recipe).apply(overrides)
+        cfg = load_config(args.recipe, overrides)
         from mirage_ds.engine.preflight import check_against_model
 
         check_against_model(cfg)

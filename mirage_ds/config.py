@@ -83,7 +83,9 @@ class DataConfig(Section):
     forget: str | None = None
     retain: str | None = None
     synthetic: SyntheticSpec = SyntheticSpec()
-    max_length: int = Field(512, gt=0)
+    # LLaVA-1.5 trains at 2048 (model_max_length); one image alone takes 576 tokens there. The engine checks
+    # the value against the model's image tokens before any rank starts (engine/preflight.py).
+    max_length: int = Field(2048, gt=0)
     pad_to_square: bool = True
     num_workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(64, ge=1)
@@ -104,6 +106,12 @@ class OptimConfig(Section):
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0)  # optimizer steps between DeepSpeed checkpoints; 0 = only at the end
     keep: int = Field(2, ge=1)
+
+
+class ExportConfig(Section):
+    """The final export (``output_dir/export``): full fine-tuning writes ``model.path``'s key layout and files."""
+
+    dtype: Literal["source", "fp32", "bf16", "fp16"] = "source"  # "source": each tensor in its checkpoint dtype
 
 
 class TrackingConfig(Section):
@@ -155,6 +163,7 @@ class TrainConfig(Section):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
     loss: LossConfig  # the class is picked by ``loss.name`` (losses/configs.py)
@@ -219,6 +228,7 @@ def load_recipe_dict(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if path.stem in _seen:
         raise ConfigError(f"{path}: inherit cycle {' -> '.join((*_seen, path.stem))}")
     data = _load_yaml(path)
+    data.pop("paper_scale", None)  # the recipe's own paper-scale overrides, not config (mirage_ds/paper_scale.py)
     parent = data.pop("inherit", None)
     if parent is not None:
         data = _deep_merge(load_recipe_dict(parent, (*_seen, path.stem)), data)

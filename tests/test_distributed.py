@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from export_checks import assert_source_layout
 from launch import launch, metrics
 
 pytestmark = pytest.mark.distributed
@@ -44,6 +45,8 @@ def test_zero3_full_two_ranks_trains_and_exports(full_run: Path, tiny_path: Path
     from transformers import LlavaForConditionalGeneration
 
     _check_run(full_run)
+    # The source's own layout: its key names, file and dtype, and its other files byte for byte.
+    assert_source_layout(full_run / "export", tiny_path)
     exported = LlavaForConditionalGeneration.from_pretrained(full_run / "export", local_files_only=True)
     base = LlavaForConditionalGeneration.from_pretrained(tiny_path, local_files_only=True)
     e, b = dict(exported.named_parameters()), dict(base.named_parameters())
@@ -82,6 +85,26 @@ def test_zero3_lora_two_ranks_exports_peft_adapter_that_generates(lora_run: Path
         with model.disable_adapter():
             off = model(input_ids=ids, pixel_values=example["pixel_values"][None]).logits
     assert not torch.allclose(on, off)
+
+
+def test_lora_export_carries_the_base_files_and_merges_into_the_base_layout(lora_run: Path, tiny_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    from mirage_ds.cli.main import main
+
+    export = lora_run / "export"
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "generation_config.json"):
+        assert (export / name).read_bytes() == (tiny_path / name).read_bytes(), name
+    assert not (export / "config.json").exists(), "an adapter directory is not a model"
+    assert main(["export", "--merge", str(lora_run)]) == 0
+    assert_source_layout(lora_run / "export-merged", tiny_path)
+    merged = LlavaForConditionalGeneration.from_pretrained(lora_run / "export-merged", local_files_only=True).eval()
+    base = LlavaForConditionalGeneration.from_pretrained(tiny_path, local_files_only=True)
+    unmerged = PeftModel.from_pretrained(base, export).eval()
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_fresh_run_refuses_existing_checkpoints(full_run: Path) -> None:

@@ -16,10 +16,16 @@ from mirage_ds.cli.errors import report_user_error, user_error_types
 
 def _recipes(args: argparse.Namespace) -> int:
     from mirage_ds.config import list_recipes, load_config
+    from mirage_ds.paper_scale import paper_scale, paper_scale_recipes
 
-    names = args.names or list_recipes()
+    names = args.names or (paper_scale_recipes() if args.paper_scale else list_recipes())
     for name in names:
-        cfg = load_config(name, args.overrides)
+        overrides = args.overrides
+        if args.paper_scale:
+            scale = paper_scale(name)
+            overrides = [*scale.overrides, *overrides]
+            print(f"{name} at paper scale: sets {' '.join(scale.overrides)}\n  {scale.command()}")
+        cfg = load_config(name, overrides)
         if args.show:
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         else:
@@ -34,16 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = sub.add_parser("recipes", help="validate recipes (all by default) and optionally print them resolved")
     recipes.add_argument("names", nargs="*")
     recipes.add_argument("--show", action="store_true", help="print the resolved config")
+    recipes.add_argument("--paper-scale", action="store_true",
+                         help="print the recipe's paper-scale overrides and launch command (and apply them with --show)")
     recipes.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     recipes.set_defaults(func=_recipes)
 
     from mirage_ds.cli.data import add_data_commands
     from mirage_ds.cli.evaluate import add_eval_commands
+    from mirage_ds.cli.export import add_export_command
     from mirage_ds.cli.reproduce import add_reproduce_command
     from mirage_ds.cli.utility import add_utility_command
 
     add_data_commands(sub)
     add_eval_commands(sub)
+    add_export_command(sub)
     add_reproduce_command(sub)
     add_utility_command(sub)
     return parser

@@ -1,4 +1,4 @@
-"""Checkpoints (DeepSpeed's own, resumable) and the final export (HF safetensors or a PEFT adapter).
+"""Checkpoints: DeepSpeed's own, resumable (the final export is ``engine/export.py``).
 
 A checkpoint is written aside as ``checkpoints/.partial-step-N`` by every rank, and only after a barrier
 renamed to ``checkpoints/step-N`` and recorded in ``checkpoints/latest`` (written to a temp file and
@@ -88,42 +88,3 @@ def load_checkpoint(engine: Any, tag_dir: Path) -> dict[str, Any]:
         raise RuntimeError(f"{state_file}: missing (was the checkpoint written with a different world size?)")
     torch.set_rng_state(load_file(str(tag_dir / f"rng{rank:05d}.safetensors"))["cpu"])
     return json.loads(state_file.read_text())
-
-
-def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
-    """Full state dict on rank 0 (None elsewhere). Collective under ZeRO-3.
-
-    ZeRO-3 parameters are partitioned (numel 0 locally), so ``module.state_dict()`` would be empty;
-    DeepSpeed gathers them (``stage3_gather_16bit_weights_on_model_save``; despite the name the tensors keep
-    the training dtype, fp32 on CPU).
-    """
-    if engine.zero_optimization_partition_weights():
-        state = engine._zero3_consolidated_16bit_state_dict()
-        return state if dist.get_rank() == 0 else None
-    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()} if dist.get_rank() == 0 else None
-
-
-def export_model(engine: Any, bundle: Any, export_dir: Path, is_lora: bool) -> None:
-    """Collective. Writes ``export_dir`` atomically: HF safetensors (full) or a PEFT adapter + base pointer."""
-    state = consolidated_state_dict(engine)
-    if dist.get_rank() != 0:
-        dist.barrier()
-        return
-    tmp = export_dir.with_name(f".{export_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    module = engine.module
-    module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    bundle.tokenizer.save_pretrained(tmp)
-    bundle.image_processor.save_pretrained(tmp)
-    if is_lora:
-        # The adapter needs its base: record where it is and, for the embedded tiny model, ship a copy.
-        base = Path(bundle.path)
-        info = {"base_model": str(base.resolve())}
-        if sum(f.stat().st_size for f in base.rglob("*") if f.is_file()) < 2**28:
-            shutil.copytree(base, tmp / "base")
-            info["base_copy"] = "base"
-        (tmp / "base_model.json").write_text(json.dumps(info, indent=2))
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    tmp.rename(export_dir)
-    dist.barrier()

@@ -29,9 +29,10 @@ from mirage_ds.data.corpus import resolve_streams
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
 from mirage_ds.data.template import Template
-from mirage_ds.engine.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from mirage_ds.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
 from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.export import export_model
 from mirage_ds.engine.live_eval import LiveEval
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
 from mirage_ds.engine.reference import Reference, build_reference
@@ -305,7 +306,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     save_loss_state(run)
     if status == RunStatus.FINISHED:
         save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
-        export_model(engine, run.bundle, out_dir / "export", is_lora=cfg.model.lora is not None)
+        export_model(engine, run.bundle.path, out_dir / "export", cfg)
     tracker.close("FINISHED" if status == RunStatus.FINISHED else "KILLED")
     return status
 

@@ -39,4 +39,7 @@ def apply_lora(model: LlavaForConditionalGeneration, cfg: ModelConfig) -> torch.
         modules_to_save=["multi_modal_projector"] if cfg.train_projector else None,
         task_type=None,
     )
-    return get_peft_model(model, peft_config)
+    # PEFT upcasts bf16/fp16 adapters to fp32 by default; ZeRO-3 flattens all trainable parameters into one
+    # buffer of one dtype (zero/utils.py defragment asserts it), so the adapters keep the model's dtype, as
+    # the projector copy does. DeepSpeed's optimizer still holds fp32 master weights for them.
+    return get_peft_model(model, peft_config, autocast_adapter_dtype=False)
