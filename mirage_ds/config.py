@@ -86,6 +86,8 @@ class DataConfig(Section):
     # LLaVA-1.5 trains at 2048 (model_max_length); one image alone takes 576 tokens there. The engine checks
     # the value against the model's image tokens before any rank starts (engine/preflight.py).
     max_length: int = Field(2048, gt=0)
+    # LLaVA system prompt: vicuna_v1 ("curious user") trained LLaVA-1.5; llava_v1 ("human") is the paper's eval.
+    template: Literal["vicuna_v1", "llava_v1"] = "vicuna_v1"
     pad_to_square: bool = True
     num_workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(64, ge=1)
@@ -182,7 +184,6 @@ class TrainConfig(Section):
             raise ValueError(f"eval.every on a run that sets {', '.join(real)} needs eval.vlguard (+ eval.images) or "
                              "eval.data: the embedded synthetic eval set would measure nothing it learns")
         return self
-
 
 
 def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``mirage-ds``: data building, recipe inspection, evaluation and run comparison.
+"""``mirage-ds``: data building, recipe inspection, evaluation, run comparison and sweep files.
 
 Training itself is launched through DeepSpeed: ``deepspeed launcher/run.py --recipe NAME``.
 """
@@ -45,16 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     recipes.set_defaults(func=_recipes)
 
+    from mirage_ds.cli.compare import add_compare_command
     from mirage_ds.cli.data import add_data_commands
     from mirage_ds.cli.evaluate import add_eval_commands
     from mirage_ds.cli.export import add_export_command
     from mirage_ds.cli.reproduce import add_reproduce_command
+    from mirage_ds.cli.sweep import add_sweep_command
     from mirage_ds.cli.utility import add_utility_command
 
     add_data_commands(sub)
     add_eval_commands(sub)
     add_export_command(sub)
+    add_compare_command(sub)
     add_reproduce_command(sub)
+    add_sweep_command(sub)
     add_utility_command(sub)
     return parser
 

@@ -120,8 +120,8 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
         start_step, skipped = rank_state["step"], rank_state.get("skipped", 0)
         states = {name: StreamState.from_dict(s) for name, s in rank_state["streams"].items()}
 
-    pre = Preprocessor(Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length), bundle.image_processor,
-                       cfg.data.pad_to_square, torch.float32)
+    template = Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length, cfg.data.template)
+    pre = Preprocessor(template, bundle.image_processor, cfg.data.pad_to_square, torch.float32)
     streams = {
         name: Batches(ShardStream(
             path, transform=pre.train_example, collate=collate_padded(bundle.tokenizer.pad_token_id),
