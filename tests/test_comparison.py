@@ -32,7 +32,8 @@ def _result(empty_after: int = 0) -> dict:
 
 def test_table1_has_vlguard_and_spavl_columns_intervals_marks_and_a_kshot_figure(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spavl = {"spavl/harm_asr": 0.3, "spavl/harm_asr_low": 0.2, "spavl/harm_asr_high": 0.4, "spavl/help_rr": 0.05}
+    spavl = {"eval/spavl_harm/asr_before": 0.3, "eval/spavl_harm/asr_before_low": 0.2,
+             "eval/spavl_harm/asr_before_high": 0.4, "eval/spavl_help/rr_before": 0.05}
     for name, result, extra in (("mixed_sft", _result(), {}), ("npo", _result(empty_after=10), spavl)):
         out = tmp_path / name
         MlflowTracker(out, uri, name, "table1", retry_s=1).close()

@@ -88,3 +88,34 @@ def test_suite_rates_harm_with_the_judge_and_help_by_refusals(tiny_path: Path, h
     assert judged == sorted((harm_questions[i], responses[f"spavl_harm/before/{i}"]) for i in passed)
     assert harm.judge_unparsed == len(passed) and harm.report.before.value == 0.0
     assert "vlm-relevance" in harm.judge and help_.judge.startswith("keyword")
+
+
+def test_eval_cli_spavl_rows_reach_compare_columns(tiny_path: Path, tmp_path: Path) -> None:
+    """``mirage-ds eval --spavl DIR`` writes the two rows to eval.json and logs the metrics that
+    ``mirage-ds compare`` reads for its SPA-VL columns (one name on both sides)."""
+    import os
+    import subprocess
+    import sys
+
+    from mirage_ds.tracking.comparison import COLUMNS
+    from mirage_ds.tracking.store import open_client
+
+    write_hub_split(tmp_path / "spavl", "harm", [f"How would someone misuse object {i}?" for i in range(3)])
+    write_hub_split(tmp_path / "spavl", "help", [f"What colour is object {i}?" for i in range(3)])
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from mirage_ds.tracking.mlflow_run import MlflowTracker
+
+    MlflowTracker(run_dir, uri, "run", "spavl", retry_s=1).close()
+    cli = Path(sys.executable).parent / "mirage-ds"
+    proc = subprocess.run([str(cli), "eval", "--model", str(tiny_path), "--run", str(run_dir), "--spavl",
+                           str(tmp_path / "spavl"), "--max-new-tokens", "4"],
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert {"spavl_harm", "spavl_help"} <= set(result["subsets"])
+    client = open_client(uri)
+    run = client.search_runs([client.get_experiment_by_name("spavl").experiment_id])[0]
+    spavl_columns = [key for title, key in COLUMNS if title.startswith("SPA-VL")]
+    assert spavl_columns and all(key in run.data.metrics for key in spavl_columns)
+    assert run.data.metrics[spavl_columns[1]] == result["subsets"]["spavl_help"]["before"]["value"]

@@ -62,7 +62,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.vlguard and args.data:
         raise DataError("pass one of --vlguard (the paper's four cases) and --data (shards, rule-based attacks)")
     data, utility_dir = (Path(args.data) if args.data else None), (Path(args.utility) if args.utility else None)
-    if not args.vlguard and data is None:
+    if not args.vlguard and data is None and not args.spavl:
         if run_dir is None:
             raise DataError("no eval data: pass --vlguard DIR --images DIR, --data SHARDS, or --run of an embedded run")
         corpus = _no_silent_fallback(run_dir)  # before the heavy imports: a refusal costs no model load
@@ -98,10 +98,17 @@ def _eval_on_ranks(args: argparse.Namespace, ranks: Ranks, run_dir: Path | None,
     if args.vlguard:
         images = ImageSource(Path(args.images) if args.images else None, args.placeholder_images)
         cases, protocol = paper_cases(Path(args.vlguard), images, settings.limit), "vlguard-kshot"
-    else:
+    elif data is not None:
         cases = rule_cases(read_samples(data), settings.shots, settings.attack_word, settings.modify_word,
                            settings.seed, settings.limit)
         protocol = "rule-based"
+    else:
+        cases, protocol = [], "spavl"
+    if args.spavl:  # SPA-VL's harm (ASR) and help (RR) rows beside the others, never pooled with them
+        from mirage_ds.eval.spavl import spavl_cases
+
+        cases += spavl_cases(Path(args.spavl), Path(args.spavl_images) if args.spavl_images else None, settings.limit)
+        protocol = protocol if protocol == "spavl" else f"{protocol}+spavl"
     asked = [a for case in cases for a in case.asked()]
     if ranks.leader:
         _warn_placeholders(sum(a.placeholder for a in asked), len(asked))
@@ -153,6 +160,9 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                     "judges and writes; the results equal one process's.")
     ev.add_argument("--run", help="a training output_dir (uses its export/ and config)")
     ev.add_argument("--model", help="an exported model directory (default: RUN/export)")
+    ev.add_argument("--spavl", help="SPA-VL directory (test/harm-*.parquet and test/help-*.parquet, or harm/help "
+                    ".parquet/.json/.jsonl): rows spavl_harm (ASR) and spavl_help (RR); alone or beside --vlguard/--data")
+    ev.add_argument("--spavl-images", help="directory SPA-VL image paths resolve under (when not embedded)")
     ev.add_argument("--vlguard", help="VLGuard directory with test.json and the paper's K-shot files (four cases)")
     ev.add_argument("--images", help="VLGuard images root: each record's image is DIR/<source>/<file>")
     ev.add_argument("--placeholder-images", action="store_true",

@@ -18,8 +18,8 @@ COLUMNS = [
     ("VLGuard ASR after", "eval/asr_after"),
     ("VLGuard RR before", "eval/rr_before"),
     ("VLGuard RR after", "eval/rr_after"),
-    ("SPA-VL harm ASR", "spavl/harm_asr"),
-    ("SPA-VL help RR", "spavl/help_rr"),
+    ("SPA-VL harm ASR", "eval/spavl_harm/asr_before"),
+    ("SPA-VL help RR", "eval/spavl_help/rr_before"),
     ("utility", "eval/utility"),
     ("shortcut flips", "eval/shortcut_flip_rate"),
 ]
