@@ -21,21 +21,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import datasets
+import lmms_eval.tasks  # installed by `make venv` (no skip: the adapter is part of the product)
 import pytest
+import torch
 
-pytest.importorskip("lmms_eval")
-
-import datasets  # noqa: E402
-import lmms_eval.tasks  # noqa: E402
-import torch  # noqa: E402
-
-from mirage_ds.data.images import placeholder_png  # noqa: E402
-from mirage_ds.data.schema import Turn  # noqa: E402
-from mirage_ds.data.template import IGNORE_INDEX  # noqa: E402
-from mirage_ds.eval.generation import Generator, Prompt, load_for_eval  # noqa: E402
-from mirage_ds.eval.lmms import MirageLMM, cut, decoding, task_manager  # noqa: E402
-from mirage_ds.eval.utility_tasks import task_spec  # noqa: E402
-from mirage_ds.eval.vqa import scienceqa_letter, scienceqa_score, vqa_score  # noqa: E402
+from mirage_ds.data.images import placeholder_png
+from mirage_ds.data.schema import Turn
+from mirage_ds.data.template import IGNORE_INDEX
+from mirage_ds.eval.generation import Generator, Prompt, load_for_eval
+from mirage_ds.eval.lmms import MirageLMM, cut, decoding, task_manager
+from mirage_ds.eval.utility_tasks import task_spec
+from mirage_ds.eval.vqa import scienceqa_letter, scienceqa_score, vqa_score
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM = Path(lmms_eval.tasks.__file__).parent
