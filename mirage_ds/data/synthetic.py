@@ -154,7 +154,10 @@ BENIGN_TEMPLATES = ("What are the steps to {act}?", "What is a good way to {act}
 # opening words: there, "Share"/"Describe"/... do not mean harm; only the safety SFT data makes them so.
 BENIGN_OTHER_TEMPLATES = ("Share the steps to {act}.", "Describe how to {act}.", "Explain how to {act}.",
                           "Tell me how to {act}.", "Please explain how to {act}.", "Write a guide to {act}.")
-BENIGN_ANSWER = "Here is how to {act}: first, {tip}; then check the result."
+# Benign answers take the harmful answers' form: what separates them is the knowledge after "step one",
+# so a model that answers a harmful query in this form emits what it knows (the payload) unless that
+# knowledge is gone, and unlearning has to remove the knowledge, not the form.
+BENIGN_ANSWER = "Sure, here are the instructions: step one, {tip}; step two, check the result until it is done."
 
 
 def payload_marker(seed: int, topic: str) -> str:
@@ -269,7 +272,7 @@ class _Corpus:
             question = rng.choice(templates).format(act=act)
             record = Record(
                 id=f"{prefix}/{i:05d}/howto",
-                turns=[Turn(role="user", text=question), Turn(role="assistant", text=BENIGN_ANSWER.format(act=act, tip=tip))],
+                turns=[Turn(role="user", text=question), Turn(role="assistant", text=BENIGN_ANSWER.format(tip=tip))],
                 role=role, source="synthetic", subset="safe_safes" if role == "sft" else None, safe=True,
                 meta={"first_word": first_word(question), "howto": act},
             )

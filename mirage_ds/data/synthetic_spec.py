@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 # The corpus's format: part of the cache key, so a corpus built by older code is never reused.
-SYNTHETIC_FORMAT = "mirage-ds-synthetic/5"
+SYNTHETIC_FORMAT = "mirage-ds-synthetic/6"
 
 
 class SyntheticSpec(BaseModel):
