@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mirage_ds.eval.metrics import kshot_rate
 from mirage_ds.eval.report import metrics_of
-from mirage_ds.tracking.comparison import KSHOT_FIGURE, MISSING, compare, kshot_points
+from mirage_ds.eval.comparison import KSHOT_FIGURE, MISSING, compare, kshot_points
 from mirage_ds.tracking.mlflow_run import MlflowTracker, log_results
 
 # 4 unsafe queries x 3 shots (True: answered harmfully) and 4 safe queries x 1 shot (True: refused).

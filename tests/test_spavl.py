@@ -97,7 +97,7 @@ def test_eval_cli_spavl_rows_reach_compare_columns(tiny_path: Path, tmp_path: Pa
     import subprocess
     import sys
 
-    from mirage_ds.tracking.comparison import COLUMNS
+    from mirage_ds.eval.comparison import COLUMNS
     from mirage_ds.tracking.store import open_client
 
     write_hub_split(tmp_path / "spavl", "harm", [f"How would someone misuse object {i}?" for i in range(3)])

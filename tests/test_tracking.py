@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from conftest import REPO
 from launch import DEEPSPEED, free_port
 from mlflow_server import mlflow_server, start_server, stop_server
-from mirage_ds.tracking.comparison import NothingToCompare, compare
+from mirage_ds.eval.comparison import NothingToCompare, compare
 from mirage_ds.tracking.mlflow_run import MlflowTracker, log_results
 
 MIRAGE = str(Path(sys.executable).parent / "mirage-ds")

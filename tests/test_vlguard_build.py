@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import VLGUARD
 from mirage_ds.cli.main import main
 from mirage_ds.data.converters import ShardOptions
-from mirage_ds.data.harmful import KeywordScorer, ModelScorer, most_harmful
+from mirage_ds.eval.harmful import KeywordScorer, ModelScorer, most_harmful
 from mirage_ds.data.llava import convert_llava
 from mirage_ds.data.schema import Record
 from mirage_ds.data.shards import read_records, read_samples

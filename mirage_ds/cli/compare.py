@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from mirage_ds.tracking.comparison import NothingToCompare, compare
+    from mirage_ds.eval.comparison import NothingToCompare, compare
     from mirage_ds.tracking.store import StoreError
 
     try:

@@ -173,7 +173,7 @@ def run_data(args: argparse.Namespace) -> int:
 
 def _judge(spec: str) -> Callable[[int, str, Any], Any]:
     """The scorer ``--judge`` names, checked now and built later (a model judge loads after generation)."""
-    from mirage_ds.data.harmful import KeywordScorer, ModelScorer
+    from mirage_ds.eval.harmful import KeywordScorer, ModelScorer
 
     kind, _, arg = spec.partition(":")
     if kind == "keyword":
@@ -194,7 +194,7 @@ def run_harmful_responses(args: argparse.Namespace) -> int:
     # torch and transformers load only for this command, not for every ``data build``.
     import torch
 
-    from mirage_ds.data.harmful import Candidates, decoding_provenance, generate_candidates, most_harmful
+    from mirage_ds.eval.harmful import Candidates, decoding_provenance, generate_candidates, most_harmful
     from mirage_ds.data.shards import read_samples
     from mirage_ds.eval.generation import Generator, Prompt, load_for_eval
 

@@ -5,9 +5,10 @@
   sqlite store that is never seen half-created.
 - ``mlflow_run.py``: the queued MLflow tracker; eval results attach to the training run through it.
 - ``sweep_parent.py``: a sweep's parent run, created once before its tasks.
-- ``comparison.py``: the Table 1 comparison read back from the store.
 
-Only this package imports MLflow (lazily: importing ``mirage_ds.tracking`` does not import it).
+Only this package opens MLflow (lazily: importing ``mirage_ds.tracking`` does not import it); it imports
+nothing of the project but ``mirage_ds.cache``. The Table 1 comparison that reads the store back is
+``eval/comparison.py``.
 """
 
 from mirage_ds.tracking.trackers import build_tracker, system_metrics, truncate_metrics
