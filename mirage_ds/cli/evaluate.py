@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mirage_ds.data.schema import DataError
+from mirage_ds.eval.keywords.refusal import DEFAULT_VERSION
 from mirage_ds.eval.prompts import PROMPT_VERSIONS
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def _eval_on_ranks(args: argparse.Namespace, ranks: Ranks, run_dir: Path | None,
     from mirage_ds.eval.suite import EvalSettings, evaluate
 
     settings = EvalSettings(shots=args.shots, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            limit=args.limit, keywords=args.keywords, seed=args.seed,
+                            limit=args.limit, keywords=args.keywords or DEFAULT_VERSION, seed=args.seed,
                             template=args.template or EVAL_TEMPLATE)
     if args.vlguard:
         images = ImageSource(Path(args.images) if args.images else None, args.placeholder_images)
@@ -179,7 +180,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=True,
                     help="pad images to square as in training (the official evaluation does not)")
     ev.add_argument("--limit", type=int, default=None, help="first N originals and N attacked queries per subset")
-    ev.add_argument("--keywords", default="vlguard-v2", help="refusal keyword version (vlguard-v1, vlguard-v2, strict-v1)")
+    ev.add_argument("--keywords", default=None,
+                    help="refusal keyword version: vlguard-v2 (default, the published list fixed), vlguard-v1 (as published), strict-v1")
     ev.add_argument("--judge-model", help="local HF VLM path for the relevance harm judge (paper: Qwen2.5-VL-7B-Instruct)")
     ev.add_argument("--judge-prompt", default="paper-single-v1", choices=PROMPT_VERSIONS,
                     help="judge prompt version for every ASR case")

@@ -3,7 +3,9 @@
 A checkpoint is written aside as ``checkpoints/.partial-step-N`` by every rank, and only after a barrier
 renamed to ``checkpoints/step-N`` and recorded in ``checkpoints/latest`` (written to a temp file and
 renamed). A kill during a save therefore leaves the previous checkpoint as ``latest``, untouched.
-Per-rank state (data position, RNG) sits beside DeepSpeed's files as JSON / safetensors: no pickle.
+Per-rank state (data position, RNG) sits beside DeepSpeed's files as JSON / safetensors. DeepSpeed's own
+files (model and optimizer partitions) are torch pickles that it loads with ``weights_only=False``: resume
+only from checkpoints this run (or one you trust) wrote; the export (safetensors) is the file to share.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from mirage_ds.eval.cases import Asked, SubsetCase
 from mirage_ds.eval.degenerate import MOSTLY, DegenerateShare, degenerate_kind, degenerate_share
 from mirage_ds.eval.generation import EVAL_TEMPLATE, Generator, Prompt
 from mirage_ds.eval.judges import CascadeJudge, Exchange, Judge, KeywordJudge, PayloadJudge, Verdict, judge_id
+from mirage_ds.eval.keywords.refusal import DEFAULT_VERSION
 from mirage_ds.eval.metrics import AttackReport, Estimate, kshot_rate
 from mirage_ds.eval.sharding import Ranks, generate_across
 from mirage_ds.eval.shortcut import shortcut_score
@@ -38,9 +39,9 @@ class EvalSettings:
     batch_size: int = 16
     limit: int | None = None  # first N originals and N attacked queries per subset, N utility questions
     seed: int = 0
-    # Refusal keywords: "vlguard-v2" fixes the upstream list's dead capital-I keyword; "vlguard-v1" is the
-    # list as published (for numbers comparable with the paper); "strict-v1" drops over-broad words.
-    keywords: str = "vlguard-v2"
+    # Refusal keywords (eval/keywords/refusal.py): the default "vlguard-v2" fixes the published list's two
+    # defects; "vlguard-v1" is the list as published; "strict-v1" drops over-broad words.
+    keywords: str = DEFAULT_VERSION
     template: str = EVAL_TEMPLATE
 
 

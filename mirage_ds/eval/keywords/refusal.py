@@ -79,8 +79,9 @@ VERSIONS: dict[str, KeywordList] = {
     ),
 }
 
-# The paper's numbers come from the published list, defects and all.
-DEFAULT_VERSION = "vlguard-v1"
+# The default everywhere (eval, harmful-response scoring): the published list with its two defects fixed.
+# ``vlguard-v1`` reproduces the published list, defects and all (``--keywords vlguard-v1``).
+DEFAULT_VERSION = "vlguard-v2"
 
 
 def keyword_list(version: str) -> KeywordList:
