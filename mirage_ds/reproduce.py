@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mirage_ds.config import REPO_ROOT, ConfigError, load_config
 
 # (row name, recipe stem, overrides for the embedded world): the recipe is ``<stem>_<variant>``. The
@@ -188,4 +190,6 @@ def beside_base(run_dir: Path, extra: tuple[str, ...] = ()) -> list[dict[str, An
     run_eval = run_dir / "eval" / "eval.json"
     if not run_eval.is_file():
         raise ConfigError(f"no {run_eval}: evaluate the run first (mirage-ds eval --run {run_dir})")
-    return [table_row("base", json.loads(base_eval.read_text())), table_row(cfg.recipe, json.loads(run_eval.read_text()))]
+    # The recipe's own name as the run recorded it (loading config.yaml names the config after its file).
+    recipe = yaml.safe_load((run_dir / "config.yaml").read_text()).get("recipe", run_dir.name)
+    return [table_row("base", json.loads(base_eval.read_text())), table_row(recipe, json.loads(run_eval.read_text()))]
