@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# lmms-eval (`mirage-ds utility`, tests/test_lmms.py): its own requirements would replace the CPU torch
+	# with a CUDA build, so it goes in without them, then the few it imports (the `lmms` extra's list).
+	$(PY) -m pip install --quiet --no-deps "lmms-eval>=0.7.3,<0.8"
+	$(PY) -m pip install --quiet loguru evaluate tenacity pytz sacrebleu "filelock<4"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -60,11 +64,16 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
+# Every benchmark ends with its `ratio ...: <value>x` lines; current figures: benchmarks/RESULTS.md. On a
+# GPU machine, `bash benchmarks/gpu_suite.sh` runs the CUDA ones and prints one table.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/streamer.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/rmu_kernel.py
 	$(PY) benchmarks/rmu_step.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/overhead.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/peers.py
 
 clean:
 	rm -rf runs .pytest_cache
