@@ -17,6 +17,7 @@ import torch
 from conftest import VLGUARD
 from mirage_ds.config import load_config, save_config
 from mirage_ds.data.images import placeholder_png
+from mirage_ds.data.schema import DataError
 from mirage_ds.eval.attacks.kshot import load_kshot
 from mirage_ds.eval.judges import Exchange
 from mirage_ds.eval.relevance import JudgeModel, RelevanceJudge
@@ -205,3 +206,24 @@ def test_a_run_on_real_model_or_data_needs_explicit_eval_data(override: str, tin
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and override in lines[0] and "--vlguard DIR --images DIR" in lines[0], proc.stderr
+
+
+def test_a_run_from_an_embedded_runs_export_keeps_the_embedded_eval_set(tiny_path: Path, tmp_path: Path) -> None:
+    """`make demo` trains its methods with model.path=<base run>/export: that chain is still the embedded
+    model and corpus, so `eval --run` may use the embedded eval set; a chain that reaches real data may not."""
+    from mirage_ds.cli.evaluate import _no_silent_fallback
+
+    base = tmp_path / "base"
+    save_config(load_config("base_full"), base / "config.yaml")
+    shutil.copytree(tiny_path, base / "export")
+    method = tmp_path / "npo_full"
+    save_config(load_config("npo_full", [f"model.path={base / 'export'}"]), method / "config.yaml")
+    assert (_no_silent_fallback(method) / "eval").is_dir()
+
+    real = tmp_path / "real"
+    save_config(load_config("sft_full", ["data.train=/data/vlguard_train"]), real / "config.yaml")
+    shutil.copytree(tiny_path, real / "export")
+    on_real = tmp_path / "on_real"
+    save_config(load_config("npo_full", [f"model.path={real / 'export'}"]), on_real / "config.yaml")
+    with pytest.raises(DataError, match="model.path="):
+        _no_silent_fallback(on_real)

@@ -16,6 +16,21 @@ if TYPE_CHECKING:
     from mirage_ds.eval.sharding import Ranks
 
 
+def _embedded_export(model_path: Path, depth: int = 0) -> bool:
+    """Whether ``model_path`` is the export of a run on the embedded model and corpus (``RUN/export`` beside
+    ``RUN/config.yaml``), however many such runs deep: `make demo` trains its methods from its base's export,
+    and that chain still fits the embedded eval set."""
+    from mirage_ds.config import load_config
+
+    config = model_path.parent / "config.yaml"
+    if model_path.name != "export" or not config.is_file() or depth > 8:
+        return False
+    cfg = load_config(str(config))
+    if any(getattr(cfg.data, name) for name in ("train", "forget", "retain")):
+        return False
+    return cfg.model.path is None or _embedded_export(Path(cfg.model.path), depth + 1)
+
+
 def _no_silent_fallback(run_dir: Path) -> Path:
     """The embedded corpus's eval shards for an embedded run; a run that names a real model or real data
     must be given its eval data explicitly (its synthetic eval set would measure nothing it learned)."""
@@ -24,7 +39,7 @@ def _no_silent_fallback(run_dir: Path) -> Path:
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"no --vlguard/--data given and no run config at {run_dir / 'config.yaml'} to find the embedded corpus from")
     cfg = load_config(str(run_dir / "config.yaml"))
-    real = [f"model.path={cfg.model.path}"] if cfg.model.path else []
+    real = [f"model.path={cfg.model.path}"] if cfg.model.path and not _embedded_export(Path(cfg.model.path)) else []
     real += [f"data.{name}={getattr(cfg.data, name)}" for name in ("train", "forget", "retain") if getattr(cfg.data, name)]
     if real:
         raise DataError(f"run {run_dir} names {', '.join(real)}: pass its eval data (--vlguard DIR --images DIR, or "
