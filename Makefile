@@ -12,7 +12,8 @@ ARGS ?=
 
 # torch first and pinned: on these CPU machines pip takes the local CPU wheel; a bare `torch`
 # requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Rebuilt when the requirements or these install steps change.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
@@ -37,7 +38,7 @@ run: $(STAMP)
 # that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
 # (ASR/RR before and after the one-word attack, utility) and print the Table 1 comparison from MLflow.
 # Each demo is its own MLflow experiment (named after its directory) in the default store runs/mlflow.db,
-# so a plain `mirage-ds compare` afterwards shows exactly this demo's four rows. Expanded once (:=), so
+# so a plain `mirage-ds compare` afterwards (nothing evaluated since) shows exactly this demo's four rows. Expanded once (:=), so
 # that every line of the recipe names the same directory even when a second ticks between expansions.
 DEMO := $(or $(DEMO),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 DEMO_METHODS ?= mixed_sft_full npo_full rmu_full
@@ -49,7 +50,7 @@ demo: $(STAMP)
 	    output_dir=$(DEMO)/$$recipe model.path=$(DEMO)/base/export tracking.experiment=$(notdir $(DEMO)) || exit 1; \
 	  OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/$$recipe --name $$recipe || exit 1; \
 	done
-	$(VENV)/bin/mirage-ds compare --out $(DEMO)/comparison
+	$(VENV)/bin/mirage-ds compare --experiment $(notdir $(DEMO)) --out $(DEMO)/comparison
 
 # Table 1 in miniature (mirage_ds/reproduce.py): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
 # Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md and
