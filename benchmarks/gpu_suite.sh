@@ -14,7 +14,8 @@
 # Without CUDA, parts 1-3 are reported as "not run (no CUDA)" and part 4 runs on the CPU.
 #
 # Knobs (environment): OUT (logs, default runs/gpu-suite-<time>), PY (default .venv/bin/python), STEPS
-# (steps per training run, default 30), STANDIN (the stand-in's overrides), KERNEL_ARGS, OVERHEAD_ARGS.
+# (steps per training run, default 30), STANDIN (the stand-in's overrides), KERNEL_ARGS, OVERHEAD_ARGS
+# (options of overhead.py; recipe overrides after "--").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

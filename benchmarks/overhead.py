@@ -2,13 +2,13 @@
 step and samples/s side by side in one run.
 
     .venv/bin/python benchmarks/overhead.py [--recipes sft_lora sft_full] [--ranks 1 2] [--steps 60] \\
-        [--warmup 10] [--repeats 2] [dotted.key=value ...]
+        [--warmup 10] [--repeats 2] [-- dotted.key=value ...]
 
 Framework: ``deepspeed --num_gpus N launcher/run.py --recipe R`` as a user runs it (streamer with its
 workers, per-step all-reduce of the loss terms, metrics.jsonl + MLflow into a temporary store, tqdm).
 Baseline: ``benchmarks/bare_loop.py`` under the same launcher: the same model, micro batch, ZeRO JSON and
-AdamW, over the same batches preloaded into memory, with nothing else in the loop. Overrides after the
-options go to both sides (e.g. ``model.embedded.text_hidden=512``).
+AdamW, over the same batches preloaded into memory, with nothing else in the loop. Overrides after
+``--`` go to both sides (e.g. ``-- model.embedded.text_hidden=512``).
 
 Time per step is wall clock between rank 0's consecutive step lines, stamped here as they arrive, so it
 includes everything the framework does between steps (logging too). The first ``--warmup`` steps are
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for both sides, after --")
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}

@@ -3,7 +3,7 @@ ZeRO-3 JSON and steps: samples/s side by side in one run.
 
     .venv/bin/pip install -e ".[bench]"     # trl
     .venv/bin/python benchmarks/peers.py [--recipes sft_full sft_lora] [--ranks 1] [--steps 60] \\
-        [--warmup 10] [--repeats 2] [dotted.key=value ...]
+        [--warmup 10] [--repeats 2] [-- dotted.key=value ...]
 
 Framework: ``deepspeed --num_gpus N launcher/run.py --recipe R`` as a user runs it. TRL:
 ``deepspeed --num_gpus N benchmarks/trl_sft.py --recipe R``, Trainer's own DeepSpeed integration (accelerate)
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for both sides, after --")
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
