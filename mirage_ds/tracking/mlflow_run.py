@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
 
 
+DELIVER_EVERY_S = 5.0
+
+
 class MlflowTracker:
     """The ``Tracker`` that logs to MLflow run ``run_name`` in ``experiment`` at ``uri`` (or to the run
     already recorded in ``output_dir`` for that store). ``ends_run=False`` leaves the run's status alone."""
@@ -76,8 +79,10 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.metrics += [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        # While the server is away, retry only every retry_s seconds: a step must not wait on the network.
-        if not self._warned or time.time() - self._last_attempt >= self.retry_s:
+        # Deliver every DELIVER_EVERY_S, not every step: one log_batch to a sqlite store costs 20-40 ms here,
+        # more than a small model's whole step (benchmarks/overhead.py). While the server is away, retry only
+        # every retry_s seconds: a step must not wait on the network. close() delivers the rest.
+        if time.time() - self._last_attempt >= (self.retry_s if self._warned else DELIVER_EVERY_S):
             self._flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
