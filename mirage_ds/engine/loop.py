@@ -109,6 +109,8 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
     optimizer = build_optimizer(bundle.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     engine, _, _, _ = deepspeed.initialize(model=bundle.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    # from_pretrained returns eval mode and DeepSpeed keeps it; HF checkpoints activations only in train mode.
+    engine.train()
     reference = build_reference(cfg, engine, ds_config, needs) if needs.reference else None
 
     start_step, skipped, states = 0, 0, {name: StreamState() for name in stream_dirs}
