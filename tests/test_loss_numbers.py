@@ -8,18 +8,13 @@ project's log-prob helpers or its layer hook.
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
+from loss_batches import policy_and_reference, text_batch
 from mirage_ds.config import ModelConfig
-from mirage_ds.data.images import placeholder_png
-from mirage_ds.data.preprocess import Preprocessor
-from mirage_ds.data.schema import Record, Turn
-from mirage_ds.data.streamer import collate_padded
-from mirage_ds.data.template import Template
-from mirage_ds.losses.base import LossContext
+from mirage_ds.losses.base import LossContext, model_inputs
 from mirage_ds.losses.configs import NPOConfig, RMUConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.rmu import RMULoss
@@ -32,29 +27,12 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 def _batch(bundle, pairs: list[tuple[str, str]], tag: str) -> dict:
-    pre = Preprocessor(Template(bundle.tokenizer, bundle.n_image_tokens, 256), bundle.image_processor, True)
-    samples = []
-    for i, (question, answer) in enumerate(pairs):
-        record = Record(id=f"{tag}{i}", turns=[Turn(role="user", text=question), Turn(role="assistant", text=answer)],
-                        role=tag, source="synthetic")
-        samples.append(pre.train_example(record, placeholder_png(record.id), record.id))
-    return collate_padded(bundle.tokenizer.pad_token_id)(samples)
-
-
-def _inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    return text_batch(bundle, pairs, tag, tag)
 
 
 @pytest.fixture(scope="module")
 def models(tiny_bundle) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(policy, reference): the tiny model and a copy with every weight nudged by seeded noise."""
-    policy = tiny_bundle.model.eval()
-    reference = copy.deepcopy(policy)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return policy, reference
+    return policy_and_reference(tiny_bundle.model, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +79,16 @@ def test_npo_loss_matches_hand_computed(models, batches, preset: str, weights: t
     policy, reference = models
     w_forget, w_retain_npo, w_ce = weights
     cfg = NPOConfig(preset=preset, forget_weight=w_forget, retain_npo_weight=w_retain_npo, retain_ce_weight=w_ce)
-    ctx = LossContext(reference=lambda b: {"logits": reference(**_inputs(b)).logits})
+    ctx = LossContext(reference=lambda b: {"logits": reference(**model_inputs(b)).logits})
     with torch.no_grad():
         out = NPOLoss(cfg, ModelConfig())(policy, batches, ctx)
 
         forget, retain = batches["forget"], batches["retain"]
-        pol_f = _sequence_logp(policy(**_inputs(forget)).logits, forget["labels"], cfg.logp)
-        ref_f = _sequence_logp(reference(**_inputs(forget)).logits, forget["labels"], cfg.logp)
-        retain_logits = policy(**_inputs(retain)).logits
+        pol_f = _sequence_logp(policy(**model_inputs(forget)).logits, forget["labels"], cfg.logp)
+        ref_f = _sequence_logp(reference(**model_inputs(forget)).logits, forget["labels"], cfg.logp)
+        retain_logits = policy(**model_inputs(retain)).logits
         pol_r = _sequence_logp(retain_logits, retain["labels"], cfg.logp)
-        ref_r = _sequence_logp(reference(**_inputs(retain)).logits, retain["labels"], cfg.logp)
+        ref_r = _sequence_logp(reference(**model_inputs(retain)).logits, retain["labels"], cfg.logp)
     assert cfg.logp == {"paper": "mean", "classic": "sum"}[preset]
     forget_npo = _npo(pol_f, ref_f, cfg.beta, sign=-1.0)
     retain_npo = _npo(pol_r, ref_r, cfg.beta, sign=+1.0)
@@ -135,7 +113,7 @@ def test_npo_log_likelihood_reads_answer_tokens_only(models, batches) -> None:
     """Changing a prompt token's label from -100 to its id must change the loss: the mask is the labels'."""
     policy, reference = models
     cfg = NPOConfig(preset="classic", retain_npo_weight=1.0)
-    ctx = LossContext(reference=lambda b: {"logits": reference(**_inputs(b)).logits})
+    ctx = LossContext(reference=lambda b: {"logits": reference(**model_inputs(b)).logits})
     widened = {name: dict(batch) for name, batch in batches.items()}
     for batch in widened.values():
         batch["labels"] = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)
@@ -143,8 +121,8 @@ def test_npo_log_likelihood_reads_answer_tokens_only(models, batches) -> None:
         answer_only = NPOLoss(cfg, ModelConfig())(policy, batches, ctx)
         all_tokens = NPOLoss(cfg, ModelConfig())(policy, widened, ctx)
         forget = widened["forget"]
-        pol_f = _sequence_logp(policy(**_inputs(forget)).logits, forget["labels"], "sum")
-        ref_f = _sequence_logp(reference(**_inputs(forget)).logits, forget["labels"], "sum")
+        pol_f = _sequence_logp(policy(**model_inputs(forget)).logits, forget["labels"], "sum")
+        ref_f = _sequence_logp(reference(**model_inputs(forget)).logits, forget["labels"], "sum")
     _close(all_tokens.terms["forget"], _npo(pol_f, ref_f, cfg.beta, sign=-1.0))
     _apart(answer_only.terms["forget"], all_tokens.terms["forget"])
 
@@ -180,14 +158,14 @@ def test_rmu_loss_matches_hand_computed(models, batches, norm: str, mask: str, c
                     token_mask=mask, truncate=truncate, kernel="eager", seed=seed)
 
     def frozen(batch: dict) -> dict[str, torch.Tensor]:
-        return {"hidden": reference(**_inputs(batch), output_hidden_states=True).hidden_states[layer + 1]}
+        return {"hidden": reference(**model_inputs(batch), output_hidden_states=True).hidden_states[layer + 1]}
 
     loss = RMULoss(cfg, ModelConfig())
     with torch.no_grad():
         out = loss(policy, batches, LossContext(reference=frozen))
         forget, retain = batches["forget"], batches["retain"]
-        h_forget = policy(**_inputs(forget), output_hidden_states=True).hidden_states[layer + 1]
-        retain_out = policy(**_inputs(retain), output_hidden_states=True)
+        h_forget = policy(**model_inputs(forget), output_hidden_states=True).hidden_states[layer + 1]
+        retain_out = policy(**model_inputs(retain), output_hidden_states=True)
         h_retain, h_frozen = retain_out.hidden_states[layer + 1], frozen(retain)["hidden"]
     image_token = policy.config.image_token_index
     # The control vector: u ~ U[0,1)^D from a generator seeded with ``seed``, scaled to norm c.

@@ -8,7 +8,6 @@ The expected values come from an ordinary float64 forward, not from the project'
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,11 @@ import torch
 import torch.nn.functional as nnf
 
 from launch import launch, metrics
+from loss_batches import policy_and_reference, text_batch
 from mirage_ds.config import ModelConfig, load_config
 from mirage_ds.data.corpus import resolve_streams
-from mirage_ds.data.images import placeholder_png
-from mirage_ds.data.preprocess import Preprocessor
-from mirage_ds.data.schema import Record, Turn
-from mirage_ds.data.streamer import collate_padded
-from mirage_ds.data.template import Template
 from mirage_ds.losses import functional as F
-from mirage_ds.losses.base import LossContext
+from mirage_ds.losses.base import LossContext, model_inputs
 from mirage_ds.losses.configs import NPOConfig, RMUConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.registry import build_loss
@@ -42,29 +37,12 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 def _batch(bundle, pairs: list[tuple[str, str]], tag: str) -> dict:
-    pre = Preprocessor(Template(bundle.tokenizer, bundle.n_image_tokens, 256), bundle.image_processor, True)
-    samples = []
-    for i, (question, answer) in enumerate(pairs):
-        record = Record(id=f"{tag}{i}", turns=[Turn(role="user", text=question), Turn(role="assistant", text=answer)],
-                        role="retain" if tag.startswith("retain") else "forget", source="synthetic")
-        samples.append(pre.train_example(record, placeholder_png(record.id), record.id))
-    return collate_padded(bundle.tokenizer.pad_token_id)(samples)
-
-
-def _inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    return text_batch(bundle, pairs, tag, "retain" if tag.startswith("retain") else "forget")
 
 
 @pytest.fixture(scope="module")
 def models(tiny_bundle) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(policy, reference): the tiny model and a copy with every weight nudged by seeded noise."""
-    policy = tiny_bundle.model.eval()
-    reference = copy.deepcopy(policy)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return policy, reference
+    return policy_and_reference(tiny_bundle.model, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +100,10 @@ def test_npo_official_matches_hand_computed(models, batches, weights: tuple[floa
     policy, reference = models
     w_forget, w_retain_npo, w_ce = weights
     cfg = NPOConfig(preset="official", forget_weight=w_forget, retain_npo_weight=w_retain_npo, retain_ce_weight=w_ce)
-    ctx = LossContext(reference=lambda b: {"logits": reference(**_inputs(b)).logits})
+    ctx = LossContext(reference=lambda b: {"logits": reference(**model_inputs(b)).logits})
     with torch.no_grad():
         out = NPOLoss(cfg, ModelConfig())(policy, batches, ctx)
-        logits = {name: (policy(**_inputs(b)).logits, reference(**_inputs(b)).logits) for name, b in batches.items()}
+        logits = {name: (policy(**model_inputs(b)).logits, reference(**model_inputs(b)).logits) for name, b in batches.items()}
     loss = {name: (_trainer_loss(pol, batches[name]["labels"]), _trainer_loss(ref, batches[name]["labels"]))
             for name, (pol, ref) in logits.items()}
     beta = 0.9
@@ -156,14 +134,14 @@ def test_rmu_official_matches_hand_computed(models, batches, truncate: bool) -> 
                     truncate=truncate, kernel="eager", seed=seed)
 
     def frozen(batch: dict) -> dict[str, torch.Tensor]:
-        return {"hidden": reference(**_inputs(batch), output_hidden_states=True).hidden_states[layer + 1]}
+        return {"hidden": reference(**model_inputs(batch), output_hidden_states=True).hidden_states[layer + 1]}
 
     loss = RMULoss(cfg, ModelConfig())
     with torch.no_grad():
         out = loss(policy, batches, LossContext(reference=frozen))
         forget, retain = batches["forget"], batches["retain"]
-        h_forget = policy(**_inputs(forget), output_hidden_states=True).hidden_states[layer + 1].double()
-        retain_out = policy(**_inputs(retain), output_hidden_states=True)
+        h_forget = policy(**model_inputs(forget), output_hidden_states=True).hidden_states[layer + 1].double()
+        retain_out = policy(**model_inputs(retain), output_hidden_states=True)
         h_retain, h_frozen = retain_out.hidden_states[layer + 1].double(), frozen(retain)["hidden"].double()
     u = torch.rand(h_forget.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     control = (coeff * u / u.norm()).double()
