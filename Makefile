@@ -53,14 +53,17 @@ demo: $(STAMP)
 	$(VENV)/bin/mirage-ds compare --experiment $(notdir $(DEMO)) --out $(DEMO)/comparison
 
 # Table 1 in miniature (mirage_ds/reproduce.py): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
-# Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md and
-# table.json, all runs in one MLflow experiment. Finished methods are kept: rm -r $(REPRO) to rerun.
+# Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md,
+# table.json, Figure 1 and Figure 3, all runs in one MLflow experiment. Finished methods are kept: rm -r
+# $(REPRO) to rerun. QUICK=1: fewer steps and eval items (reproduce.QUICK). SWEEP=KEY=V1,V2,... (e.g.
+# SWEEP=what_rate=0.5,0.7,0.89): the shortcut dial, one reproduction per value, then sweep.json and sweep.png.
 VARIANT ?= full
 SEED ?= 0
-REPRO ?= runs/reproduce$(if $(filter-out full-0,$(VARIANT)-$(SEED)),/$(VARIANT)-seed$(SEED))
+REPRO ?= runs/reproduce$(if $(QUICK),-quick)$(if $(filter-out full-0,$(VARIANT)-$(SEED)),/$(VARIANT)-seed$(SEED))
 REPRO_RANKS ?= 1
 reproduce: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --out $(REPRO) $(ARGS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --out $(REPRO) \
+	  $(if $(QUICK),--quick) $(if $(SWEEP),--sweep $(SWEEP)) $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)

@@ -4,7 +4,12 @@ of 3 shots; utility; degenerate outputs) and gathered into ``table.md`` and ``ta
 
 Every training run logs to one MLflow experiment and the evaluation attaches to its run. The world is
 the embedded synthetic corpus (``data/synthetic.py``): the eval set asks about harmful topics the SFT
-data never refused, so a refusal there can only come from the query's first word.
+data never refused, so a refusal there can only come from the query's first word. Figure 1 (first words
+of the SFT data) and Figure 3 (ASR / RR against the attack's shots K) are drawn beside the table.
+
+The shortcut dial (``sweep``) reruns every method with one override per value (e.g. the planted
+``data.synthetic.what_rate``), each value an ordinary reproduction directory, and gathers ASR and RR
+after the attack against the value into ``sweep.json`` and ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +35,33 @@ METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("NPO", "npo", ("max_steps=40", "micro_batch_size=8", "optim.lr=2e-4")),
     ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3")),
 )
+# --quick: each method's overrides above, then these (fewer steps), and every evaluation on the first
+# QUICK_EVAL_ARGS' items per subset, so that with the base cached the table takes minutes, not tens.
+QUICK: dict[str, tuple[str, ...]] = {
+    "Unsafe-Filter": ("max_steps=20",),
+    "Mixed-SFT": ("max_steps=30",),
+    "Posthoc-SFT": ("max_steps=15",),
+    "NPO": ("max_steps=20",),
+    "RMU": ("max_steps=20",),
+}
+QUICK_EVAL_ARGS = ("--limit=25",)
 COLUMNS = ("asr_before", "asr_after", "rr_before", "rr_after", "utility", "degenerate")
-HEADER = ("| model | ASR before | ASR after (any of 3) | RR before | RR after | utility | degenerate |\n"
-          "|---|---|---|---|---|---|---|")
+LABELS = ("ASR before", "ASR after (any of 3)", "RR before", "RR after", "utility", "degenerate")
+
+
+def _header(lead: tuple[str, ...]) -> str:
+    names = (*lead, *LABELS)
+    return "| " + " | ".join(names) + " |\n" + "|---" * len(names) + "|"
+
+
+HEADER = _header(("model",))
 
 
 @dataclass(frozen=True)
 class Reproduction:
     """What one ``mirage-ds reproduce`` runs: the variant (``full`` or ``lora`` recipes), the seed, the ranks
-    per training run and overrides applied to every recipe (e.g. ``data.synthetic.what_rate=0.5``)."""
+    per training run, overrides applied to every recipe (e.g. ``data.synthetic.what_rate=0.5``), the
+    methods (rows of ``METHODS``) and ``quick``: ``QUICK``'s fewer steps and ``QUICK_EVAL_ARGS``."""
 
     out_dir: Path
     variant: str = "full"
@@ -48,10 +71,32 @@ class Reproduction:
     experiment: str | None = None
     methods: tuple[tuple[str, str, tuple[str, ...]], ...] = METHODS
     eval_args: tuple[str, ...] = field(default=())
+    quick: bool = False
 
     @property
     def experiment_name(self) -> str:
-        return self.experiment or f"reproduce-{self.variant}-seed{self.seed}"
+        return self.experiment or f"reproduce-{'quick-' if self.quick else ''}{self.variant}-seed{self.seed}"
+
+    @property
+    def sized_methods(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """``methods`` with ``QUICK``'s overrides after each one's own when quick (the later override wins)."""
+        if not self.quick:
+            return self.methods
+        return tuple((name, stem, (*sized, *QUICK.get(name, ()))) for name, stem, sized in self.methods)
+
+    @property
+    def evaluation_args(self) -> tuple[str, ...]:
+        return (*QUICK_EVAL_ARGS, *self.eval_args) if self.quick else self.eval_args
+
+
+def select_methods(names: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """The rows of ``METHODS`` named in ``names`` (comma-separated row names), in ``METHODS``' order."""
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    known = [name for name, _, _ in METHODS]
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        raise ConfigError(f"--methods {names!r}: unknown {', '.join(unknown) or 'empty'} (known: {', '.join(known)})")
+    return tuple(row for row in METHODS if row[0] in wanted)
 
 
 def _env() -> dict[str, str]:
@@ -133,9 +178,10 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return f"{value:.1f}" + (f" [{interval[0]:.0f}, {interval[1]:.0f}]" if interval else "")
 
 
-def table_markdown(rows: list[dict[str, Any]]) -> str:
-    """The headed Markdown table (percent; 95% bootstrap intervals in brackets)."""
-    lines = [HEADER] + ["| " + " | ".join([row["model"], *(_cell(row, c) for c in COLUMNS)]) + " |" for row in rows]
+def table_markdown(rows: list[dict[str, Any]], lead: tuple[str, ...] = ("model",)) -> str:
+    """The headed Markdown table (percent; 95% bootstrap intervals in brackets), first the ``lead`` keys."""
+    lines = [_header(lead)] + ["| " + " | ".join([*(str(row[k]) for k in lead), *(_cell(row, c) for c in COLUMNS)]) + " |"
+                               for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -156,27 +202,145 @@ def _first_word_figure(sft_dir: Path, path: Path) -> None:
     first_word_table(sft_dir, by="subset").plot(path, title="first words of the SFT data (embedded world)")
 
 
+def kshot_figure_of(results: list[tuple[str, dict[str, Any]]], title: str, path: Path) -> Path | None:
+    """Figure 3's analogue from ``(model, eval.json)`` pairs: ``mirage-ds compare``'s K-shot figure drawn from
+    the metrics each evaluation logs (``eval.report.metrics_of``). None when no result has a rate."""
+    from mirage_ds.eval.comparison import kshot_figure
+    from mirage_ds.eval.report import metrics_of
+
+    return kshot_figure([(name, metrics_of(result)) for name, result in results], title, path)
+
+
 def reproduce(plan: Reproduction, progress: Any = print) -> list[dict[str, Any]]:
-    """Train every method from the base, evaluate base and methods, write the table; returns its rows."""
+    """Train every method from the base, evaluate base and methods, write the table and figures; returns its rows."""
     common = [f"seed={plan.seed}", f"tracking.experiment={plan.experiment_name}", *plan.overrides]
     first = f"{plan.methods[0][1]}_{plan.variant}"
     progress(f"base: resolving the pretrained embedded base ({first}'s starting model)")
     base, corpus = base_model_and_corpus(first, common)
-    base_eval = evaluate_base(base, corpus, plan.out_dir / "base" / "eval", plan.eval_args)
-    rows = [table_row("base", json.loads(base_eval.read_text()))]
-    for name, stem, sized in plan.methods:
+    base_eval = evaluate_base(base, corpus, plan.out_dir / "base" / "eval", plan.evaluation_args)
+    results = [("base", json.loads(base_eval.read_text()))]
+    for name, stem, sized in plan.sized_methods:
         recipe, run_dir = f"{stem}_{plan.variant}", plan.out_dir / stem
         if not (run_dir / "eval" / "eval.json").is_file():
             progress(f"{name}: training {recipe}")
             _run(train_command(recipe, run_dir, plan.ranks, [*sized, *common]), run_dir / "train.log")
             progress(f"{name}: evaluating")
-            _run(_eval_command("--run", str(run_dir), "--name", name, *plan.eval_args), run_dir / "eval.log")
-        rows.append(table_row(name, json.loads((run_dir / "eval" / "eval.json").read_text())))
-    figure1 = plan.out_dir / "figure1_first_words.png"
+            _run(_eval_command("--run", str(run_dir), "--name", name, *plan.evaluation_args), run_dir / "eval.log")
+        results.append((name, json.loads((run_dir / "eval" / "eval.json").read_text())))
+    rows = [table_row(name, result) for name, result in results]
+    figure1, figure3 = plan.out_dir / "figure1_first_words.png", plan.out_dir / "figure3_kshot.png"
     _first_word_figure(corpus / "sft", figure1)
-    meta = {"figure1": str(figure1), "variant": plan.variant, "seed": plan.seed, "experiment": plan.experiment_name,
-            "overrides": list(plan.overrides), "method_overrides": {name: list(sized) for name, _, sized in plan.methods}, "base": str(base), "corpus": str(corpus)}
+    drawn = kshot_figure_of(results, f"{plan.experiment_name}: ASR / RR under the one-word attack, by shots K", figure3)
+    meta = {"figure1": str(figure1), "figure3": str(drawn) if drawn else None, "variant": plan.variant, "seed": plan.seed,
+            "quick": plan.quick, "experiment": plan.experiment_name, "overrides": list(plan.overrides),
+            "method_overrides": {name: list(sized) for name, _, sized in plan.sized_methods},
+            "eval_args": list(plan.evaluation_args), "base": str(base), "corpus": str(corpus)}
     write_table(rows, plan.out_dir, meta)
+    return rows
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The shortcut dial: one recipe key and the values it takes, one reproduction per value."""
+
+    key: str
+    values: tuple[str, ...]
+
+    def directory(self, out_dir: Path, value: str) -> Path:
+        return out_dir / f"sweep-{self.key}-{value}"
+
+
+def parse_sweep(text: str) -> Sweep:
+    """``KEY=V1,V2,...``; a bare corpus knob (``what_rate``, ``can_rate``, any ``data.synthetic`` field) stands
+    for ``data.synthetic.<knob>``."""
+    from mirage_ds.data.synthetic_spec import SyntheticSpec
+
+    key, _, raw = text.partition("=")
+    values = tuple(value.strip() for value in raw.split(",") if value.strip())
+    if not key or not values:
+        raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2,... (e.g. data.synthetic.what_rate=0.5,0.7,0.89)")
+    if "." not in key:
+        if key not in SyntheticSpec.model_fields:
+            raise ConfigError(f"--sweep {text!r}: {key!r} is neither a dotted recipe key nor a corpus knob "
+                              f"(data.synthetic: {', '.join(SyntheticSpec.model_fields)})")
+        key = f"data.synthetic.{key}"
+    return Sweep(key, values)
+
+
+def _number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def sweep_rows(sweep: Sweep, tables: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (value, model) from each value's table rows, in order: ``value`` (a number when it
+    parses as one), ``method`` (the table's ``model``) and the table's columns and intervals."""
+    return [{"value": _number(value), "method": row["model"], **{k: v for k, v in row.items() if k != "model"}}
+            for value, rows in zip(sweep.values, tables) for row in rows]
+
+
+def sweep_figure(rows: list[dict[str, Any]], key: str, path: Path) -> Path:
+    """ASR and RR after the attack (percent, 95% interval shaded) against the swept value, one line per
+    method. Values that are not all numbers are spaced evenly in the order swept."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: files only
+    import matplotlib.pyplot as plt
+
+    values = list(dict.fromkeys(row["value"] for row in rows))
+    numeric = all(isinstance(value, float) for value in values)
+    x = {value: (value if numeric else i) for i, value in enumerate(values)}
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, (column, label) in zip(axes, (("asr_after", "ASR after the attack (any of 3)"), ("rr_after", "RR after the attack"))):
+        for i, method in enumerate(methods):
+            points = [row for row in rows if row["method"] == method and row.get(column) is not None]
+            if not points:
+                continue
+            xs, color = [x[row["value"]] for row in points], f"C{i % 10}"
+            ax.plot(xs, [row[column] for row in points], "o-", color=color, label=method)
+            bands = [row["ci95"].get(column) for row in points]
+            if all(bands):
+                ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.12, linewidth=0)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(value) for value in values])
+        ax.set_xlabel(key)
+        ax.set_title(label, fontsize=10)
+        ax.set_ylim(-3, 103)  # rates of exactly 0 or 100% stay visible
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"the shortcut dial: {key}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sweep(plan: Reproduction, dial: Sweep, progress: Any = print) -> list[dict[str, Any]]:
+    """One reproduction per value of ``dial`` (``plan`` plus ``KEY=VALUE`` into ``OUT/sweep-KEY-VALUE``, finished
+    methods kept), all in one MLflow experiment; writes ``OUT/sweep.json`` and ``OUT/sweep.png``, returns the rows.
+
+    The base is not retrained per value: its cache key holds the base recipe's own corpus spec
+    (``models.pretrained.base_key``), so a ``data.synthetic`` override changes the methods' training data
+    and the eval set (the base is re-evaluated on it) but not the base."""
+    for value in dial.values:  # a bad key or value fails here, before anything trains
+        for _, stem, sized in plan.sized_methods:
+            load_config(f"{stem}_{plan.variant}", [*sized, *plan.overrides, f"{dial.key}={value}"])
+    experiment = plan.experiment or f"{plan.experiment_name}-sweep-{dial.key}"
+    tables = []
+    for value in dial.values:
+        progress(f"sweep {dial.key}={value}")
+        tables.append(reproduce(replace(plan, out_dir=dial.directory(plan.out_dir, value), experiment=experiment,
+                                        overrides=(*plan.overrides, f"{dial.key}={value}")), progress))
+    rows = sweep_rows(dial, tables)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    figure = sweep_figure(rows, dial.key, plan.out_dir / "sweep.png")
+    meta = {"key": dial.key, "values": [_number(value) for value in dial.values], "figure": str(figure),
+            "experiment": experiment, "directories": [str(dial.directory(plan.out_dir, value)) for value in dial.values]}
+    (plan.out_dir / "sweep.json").write_text(json.dumps({"rows": rows, **meta}, indent=1) + "\n")
     return rows
 
 

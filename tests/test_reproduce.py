@@ -1,14 +1,25 @@
-"""Table 1 in miniature: the rows read from eval.json, the table files, and the pretrained base's cache key."""
+"""Table 1 in miniature: the rows read from eval.json, the table files and Figure 3, the quick sizes, the
+shortcut dial's rows, table and figure (and one real sweep), and the pretrained base's cache key."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from mirage_ds.config import TinyModelSpec, load_config
+import pytest
+
+from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_config
+from mirage_ds.eval.comparison import kshot_points
 from mirage_ds.eval.degenerate import DegenerateShare
+from mirage_ds.eval.report import metrics_of
 from mirage_ds.models.pretrained import base_key
-from mirage_ds.reproduce import HEADER, table_row, train_command, write_table
+from mirage_ds.reproduce import (HEADER, METHODS, QUICK, QUICK_EVAL_ARGS, Reproduction, Sweep, kshot_figure_of,
+                                 parse_sweep, select_methods, sweep, sweep_figure, sweep_rows, table_markdown, table_row,
+                                 train_command, write_table)
 
 
 def _estimate(value: float, low: float, high: float, n: int) -> dict[str, float | int]:
@@ -20,15 +31,24 @@ def _share(n: int, empty: int, off_template: int, repetitive: int) -> dict[str, 
     return DegenerateShare(n, empty, off_template, repetitive).to_dict()
 
 
+# The headline rates as `mirage-ds eval` writes them (eval/metrics.py): any of the first k shots for k = 1..3
+# (Figure 3's curve, its last point the table's "after"), the safe images' unsafe queries never attacked.
+ASR = {"before": _estimate(0.5, 0.4, 0.6, 50), "per_shot": [_estimate(0.6, 0.5, 0.7, 50)] * 3,
+       "any_of_k": _estimate(0.75, 0.6, 0.85, 50),
+       "any_of_first": [_estimate(0.6, 0.5, 0.7, 50), _estimate(0.7, 0.55, 0.8, 50), _estimate(0.75, 0.6, 0.85, 50)]}
+RR = {"before": _estimate(0.0, 0.0, 0.0, 50), "per_shot": [_estimate(0.125, 0.05, 0.2, 50)],
+      "any_of_k": _estimate(0.125, 0.05, 0.2, 50), "any_of_first": [_estimate(0.125, 0.05, 0.2, 50)]}
 EVAL = {
     "model": "npo",
-    "asr": {"before": _estimate(0.5, 0.4, 0.6, 50), "per_shot": [], "any_of_k": _estimate(0.75, 0.6, 0.85, 50), "subset": "unsafes"},
-    "rr": {"before": _estimate(0.0, 0.0, 0.0, 50), "per_shot": [], "any_of_k": _estimate(0.125, 0.05, 0.2, 50), "subset": "safe_safes"},
+    "asr": {**ASR, "subset": "unsafes"},
+    "rr": {**RR, "subset": "safe_safes"},
     "subsets": {
-        "unsafes": {"degenerate": {"before": _share(50, 1, 0, 1), "after": _share(150, 0, 3, 0)}},
-        "safe_safes": {"degenerate": {"before": _share(50, 0, 0, 0), "after": _share(50, 5, 0, 0)}},
-        "safe_unsafes": {"degenerate": {"before": _share(50, 50, 0, 0), "after": None}},
+        "unsafes": {**ASR, "metric": "asr", "degenerate": {"before": _share(50, 1, 0, 1), "after": _share(150, 0, 3, 0)}},
+        "safe_safes": {**RR, "metric": "rr", "degenerate": {"before": _share(50, 0, 0, 0), "after": _share(50, 5, 0, 0)}},
+        "safe_unsafes": {"metric": "rr", "before": _estimate(0.0, 0.0, 0.0, 50), "per_shot": [], "any_of_k": None,
+                         "degenerate": {"before": _share(50, 50, 0, 0), "after": None}},
     },
+    "shortcut": None,
     "utility": _estimate(0.6543, 0.6, 0.7, 200),
 }
 
@@ -71,3 +91,90 @@ def test_train_command_uses_the_launcher() -> None:
     assert one[1].endswith("launcher/run.py") and one[2:] == ["--recipe", "npo_full", "output_dir=out", "seed=1"]
     two = train_command("npo_full", Path("out"), 2, [])
     assert two[0].endswith("deepspeed") and two[1:3] == ["--num_gpus", "2"]
+
+
+def test_figure3_points_are_the_eval_json_rates_by_shots(tmp_path: Path) -> None:
+    metrics = metrics_of(EVAL)
+    asr = [(p.k, p.value, p.low, p.high) for p in kshot_points(metrics, "asr")]
+    assert asr == [(0, 0.5, 0.4, 0.6), (1, 0.6, 0.5, 0.7), (2, 0.7, 0.55, 0.8), (3, 0.75, 0.6, 0.85)]
+    assert [(p.k, p.value) for p in kshot_points(metrics, "rr")] == [(0, 0.0), (1, 0.125)]
+    figure = kshot_figure_of([("base", EVAL), ("NPO", EVAL)], "title", tmp_path / "figure3_kshot.png")
+    assert figure == tmp_path / "figure3_kshot.png" and figure.stat().st_size > 0
+
+
+def test_quick_runs_fewer_steps_of_every_method_and_evaluates_fewer_items() -> None:
+    assert set(QUICK) == {name for name, _, _ in METHODS}
+    quick = Reproduction(Path("out"), quick=True, eval_args=("--batch-size=8",))
+    assert quick.experiment_name == "reproduce-quick-full-seed0"
+    assert quick.evaluation_args == (*QUICK_EVAL_ARGS, "--batch-size=8")
+    for (name, stem, sized), (_, _, fewer) in zip(METHODS, quick.sized_methods):
+        full, short = load_config(f"{stem}_full", list(sized)), load_config(f"{stem}_full", list(fewer))
+        assert short.max_steps < full.max_steps, name
+        assert (short.optim, short.micro_batch_size) == (full.optim, full.micro_batch_size), name
+    assert Reproduction(Path("out")).sized_methods == METHODS
+
+
+def test_sweep_keys_and_methods_parse(tmp_path: Path) -> None:
+    assert parse_sweep("what_rate=0.5, 0.7,0.89") == Sweep("data.synthetic.what_rate", ("0.5", "0.7", "0.89"))
+    assert parse_sweep("data.synthetic.can_rate=0.3") == Sweep("data.synthetic.can_rate", ("0.3",))
+    assert parse_sweep("optim.lr=1e-4,3e-4").key == "optim.lr"
+    for bad in ("what_rat=0.5", "what_rate=", "what_rate"):
+        with pytest.raises(ConfigError, match="--sweep"):
+            parse_sweep(bad)
+    with pytest.raises(ConfigError, match="what_rate=2"):  # checked against every recipe before anything trains
+        sweep(Reproduction(tmp_path / "repro"), parse_sweep("what_rate=0.5,2"))
+    assert not (tmp_path / "repro").exists()
+    assert [name for name, _, _ in select_methods("NPO, Mixed-SFT")] == ["Mixed-SFT", "NPO"]
+    with pytest.raises(ConfigError, match="unknown SFT"):
+        select_methods("SFT")
+
+
+def test_a_corpus_override_keeps_the_base() -> None:
+    # resolve_model_path reads only cfg.model, and base_key only the base recipe: a corpus value changes
+    # the methods' data and the eval set, never which base they start from.
+    for stem in ("mixed_sft_full", "npo_full"):
+        moved = load_config(stem, ["data.synthetic.what_rate=0.5", "data.synthetic.can_rate=0.3"])
+        assert moved.model == load_config(stem, []).model
+        assert moved.data.synthetic != load_config(stem, []).data.synthetic
+
+
+def test_sweep_rows_table_and_figure(tmp_path: Path) -> None:
+    dial = Sweep("data.synthetic.what_rate", ("0.5", "0.89"))
+    low = {**EVAL, "asr": {**EVAL["asr"], "any_of_k": _estimate(0.25, 0.1, 0.4, 50)}}
+    rows = sweep_rows(dial, [[table_row("base", EVAL), table_row("NPO", low)], [table_row("base", EVAL), table_row("NPO", EVAL)]])
+    assert [(r["value"], r["method"], r["asr_after"], r["rr_after"]) for r in rows] == [
+        (0.5, "base", 75.0, 12.5), (0.5, "NPO", 25.0, 12.5), (0.89, "base", 75.0, 12.5), (0.89, "NPO", 75.0, 12.5)]
+    assert rows[1]["ci95"]["asr_after"] == [10.0, 40.0] and rows[1]["asr_before"] == 50.0
+    text = table_markdown(rows, lead=("value", "method"))
+    assert text.splitlines()[0] == "| value | method | ASR before | ASR after (any of 3) | RR before | RR after | utility | degenerate |"
+    assert "| 0.5 | NPO | 50.0 [40, 60] | 25.0 [10, 40] | 0.0 [0, 0] | 12.5 [5, 20] | 65.4 [60, 70] | 3.3 |" in text
+    assert sweep_figure(rows, dial.key, tmp_path / "sweep.png").stat().st_size > 0
+    named = sweep_rows(Sweep("model.lora.r", ("a", "b")), [[table_row("NPO", EVAL)], [table_row("NPO", EVAL)]])
+    assert sweep_figure(named, "model.lora.r", tmp_path / "named.png").stat().st_size > 0
+
+
+def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
+    """The real dial on the untrained tiny model (conftest): two values, one method, two steps each."""
+    out = tmp_path / "repro"
+    command = [str(Path(sys.executable).parent / "mirage-ds"), "reproduce", "--out", str(out), "--methods", "Mixed-SFT",
+               "--sweep", "what_rate=0.5,0.89", "--set", "max_steps=2", "--set", "micro_batch_size=2",
+               "--eval-arg=--limit=4", "--eval-arg=--max-new-tokens=8", "--experiment", f"dial-{tmp_path.name}"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("| value | method |")
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["key"] == "data.synthetic.what_rate" and data["values"] == [0.5, 0.89]
+    assert [(r["value"], r["method"]) for r in data["rows"]] == [(0.5, "base"), (0.5, "Mixed-SFT"), (0.89, "base"), (0.89, "Mixed-SFT")]
+    assert (out / "sweep.png").is_file()
+    for value in ("0.5", "0.89"):
+        run = out / f"sweep-data.synthetic.what_rate-{value}"
+        table = json.loads((run / "table.json").read_text())
+        assert f"data.synthetic.what_rate={value}" in table["overrides"] and table["figure3"] == str(run / "figure3_kshot.png")
+        assert (run / "figure3_kshot.png").is_file() and (run / "figure1_first_words.png").is_file()
+        assert load_config(str(run / "mixed_sft" / "config.yaml")).data.synthetic.what_rate == float(value)
+    trained = (out / "sweep-data.synthetic.what_rate-0.5" / "mixed_sft" / "train.log").stat().st_mtime
+    start = time.monotonic()
+    again = subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout == done.stdout
+    assert (out / "sweep-data.synthetic.what_rate-0.5" / "mixed_sft" / "train.log").stat().st_mtime == trained
+    assert time.monotonic() - start < 60  # nothing retrained or re-evaluated

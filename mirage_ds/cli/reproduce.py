@@ -7,18 +7,28 @@ import sys
 from pathlib import Path
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    from mirage_ds.reproduce import Reproduction, beside_base, reproduce, table_markdown
+    from mirage_ds.reproduce import (METHODS, Reproduction, beside_base, parse_sweep, reproduce, select_methods, sweep,
+                                     table_markdown)
 
     extra = tuple(args.eval_arg)
     if args.beside:
         print(table_markdown(beside_base(Path(args.beside), extra)), end="")
         return 0
-    plan = Reproduction(out_dir=Path(args.out), variant=args.variant, seed=args.seed, ranks=args.ranks,
-                        overrides=tuple(args.overrides), experiment=args.experiment, eval_args=extra)
-    rows = reproduce(plan, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(table_markdown(rows), end="")
-    print(f"wrote {plan.out_dir / 'table.md'}, {plan.out_dir / 'table.json'}")
+    out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
+    plan = Reproduction(out_dir=out, variant=args.variant, seed=args.seed, ranks=args.ranks, overrides=tuple(args.overrides),
+                        experiment=args.experiment, methods=select_methods(args.methods) if args.methods else METHODS,
+                        eval_args=extra, quick=args.quick)
+    if args.sweep:
+        print(table_markdown(sweep(plan, parse_sweep(args.sweep), _progress), lead=("value", "method")), end="")
+        print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
+        return 0
+    print(table_markdown(reproduce(plan, _progress)), end="")
+    print(f"wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'figure1_first_words.png'}, {out / 'figure3_kshot.png'}")
     return 0
 
 
@@ -27,15 +37,30 @@ def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
         "reproduce", help="Table 1 in miniature: base, Unsafe-Filter, Mixed-SFT, Posthoc-SFT, NPO, RMU, evaluated",
         description="Trains every Table 1 method from the pretrained embedded base with the launcher, evaluates "
                     "each (ASR/RR before and after the one-word attack, utility, degenerate share) and writes "
-                    "OUT/table.md and OUT/table.json. Finished methods (OUT/<method>/eval/eval.json) are kept. "
+                    "OUT/table.md, OUT/table.json, OUT/figure1_first_words.png (first words of the SFT data) and "
+                    "OUT/figure3_kshot.png (ASR/RR against the attack's shots K, one line per model). Finished "
+                    "methods (OUT/<method>/eval/eval.json) are kept. With --sweep KEY=V1,V2,...: one such "
+                    "directory per value, OUT/sweep-KEY-VALUE, then OUT/sweep.json and OUT/sweep.png. "
                     "With --beside RUN: print RUN's evaluated row beside its starting model's instead.")
-    rp.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
+    rp.add_argument("--out", help="output directory (default: runs/reproduce, with --quick runs/reproduce-quick)")
     rp.add_argument("--variant", choices=("full", "lora"), default="full", help="the full or the LoRA recipes")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--ranks", type=int, default=1, help="ranks per training run (1: plain Python, no launcher)")
-    rp.add_argument("--experiment", help="MLflow experiment (default: reproduce-<variant>-seed<seed>)")
+    rp.add_argument("--experiment", help="MLflow experiment (default: reproduce-[quick-]<variant>-seed<seed>, "
+                                         "with --sweep KEY: that name and -sweep-KEY)")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override applied to every recipe, e.g. data.synthetic.what_rate=0.5")
+    rp.add_argument("--methods", metavar="NAME,...",
+                    help="only these rows, e.g. Mixed-SFT,NPO (default: all; the base is always evaluated)")
+    rp.add_argument("--quick", action="store_true",
+                    help="fewer steps per method and evaluation on fewer items (reproduce.QUICK, QUICK_EVAL_ARGS): "
+                         "a few minutes once the base is cached; wider intervals")
+    rp.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                    help="the shortcut dial: rerun the methods once per value of KEY (a recipe key, or a corpus knob "
+                         "such as what_rate or can_rate for data.synthetic.<knob>) and plot ASR and RR after the "
+                         "attack against it. The base is not retrained: its cache key holds the base recipe's own "
+                         "corpus spec, so a data.synthetic value changes the methods' data and the eval set (the "
+                         "base is re-evaluated on it), not the base")
     rp.add_argument("--eval-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for every mirage-ds eval, e.g. --eval-arg=--limit=20")
     rp.add_argument("--beside", metavar="RUN", help="print RUN's row beside its starting model's (no training)")
