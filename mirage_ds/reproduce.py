@@ -30,11 +30,20 @@ from mirage_ds.config import REPO_ROOT, ConfigError, load_config
 # overrides size each run for the pretrained embedded base (the recipes' own defaults are smoke-sized).
 METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Unsafe-Filter", "unsafe_filter", ("max_steps=40", "micro_batch_size=8", "optim.lr=3e-4")),
-    ("Mixed-SFT", "mixed_sft", ("max_steps=60", "micro_batch_size=8", "optim.lr=3e-4")),
-    ("Posthoc-SFT", "posthoc_sft", ("max_steps=30", "micro_batch_size=8", "optim.lr=3e-4")),
-    ("NPO", "npo", ("max_steps=40", "micro_batch_size=8", "optim.lr=2e-4")),
-    ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3")),
+    ("Mixed-SFT", "mixed_sft", ("max_steps=90", "micro_batch_size=8", "optim.lr=3e-4")),
+    ("Posthoc-SFT", "posthoc_sft", ("max_steps=75", "micro_batch_size=8", "optim.lr=3e-4")),
+    ("NPO", "npo", ("max_steps=30", "micro_batch_size=8", "optim.lr=1.5e-4")),
+    # The official preset's retain CE term (paper_scale: loss.retain_ce_weight=1) keeps answers fluent.
+    ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3", "loss.retain_ce_weight=1")),
 )
+# VARIANT=lora: each method's overrides above, then these (the adapters learn at about 7x the rate).
+LORA: dict[str, tuple[str, ...]] = {
+    "Unsafe-Filter": ("optim.lr=2e-3",),
+    "Mixed-SFT": ("optim.lr=2e-3",),
+    "Posthoc-SFT": ("optim.lr=2e-3",),
+    "NPO": ("max_steps=40", "optim.lr=1.5e-3"),
+    "RMU": ("optim.lr=5e-3",),
+}
 # --quick: each method's overrides above, then these (fewer steps), and every evaluation on the first
 # QUICK_EVAL_ARGS' items per subset, so that with the base cached the table takes minutes, not tens.
 QUICK: dict[str, tuple[str, ...]] = {
@@ -79,10 +88,11 @@ class Reproduction:
 
     @property
     def sized_methods(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
-        """``methods`` with ``QUICK``'s overrides after each one's own when quick (the later override wins)."""
-        if not self.quick:
-            return self.methods
-        return tuple((name, stem, (*sized, *QUICK.get(name, ()))) for name, stem, sized in self.methods)
+        """``methods`` with ``LORA``'s overrides after each one's own for the LoRA variant, then ``QUICK``'s when
+        quick (the later override wins)."""
+        lora = LORA if self.variant == "lora" else {}
+        quick = QUICK if self.quick else {}
+        return tuple((name, stem, (*sized, *lora.get(name, ()), *quick.get(name, ()))) for name, stem, sized in self.methods)
 
     @property
     def evaluation_args(self) -> tuple[str, ...]:

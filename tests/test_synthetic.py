@@ -12,12 +12,12 @@ import webdataset as wds
 from pydantic import ValidationError
 
 from mirage_ds.data.schema import DataError, Record, decode_record
-from mirage_ds.data.synthetic import DIRS, SyntheticSpec, build_synthetic, read_synthetic_spec
+from mirage_ds.data.synthetic import DIRS, GENERIC_REFUSALS, SyntheticSpec, build_synthetic, opening, read_synthetic_spec
 from mirage_ds.data.writer import read_manifest
 
 SMALL = SyntheticSpec(
     n_safe_images=40, n_unsafe_images=30, n_retain=60, n_eval_safe_images=10, n_eval_unsafe_images=12, n_utility=20,
-    n_pretrain=64, n_howto=8, shard_size=16, min_shards=2
+    n_pretrain=64, n_howto=8, n_howto_base=16, shard_size=16, min_shards=2
 )
 
 
@@ -41,7 +41,7 @@ def test_default_layout_sizes_and_shards(default_corpus: Path) -> None:
         "sft": 2 * spec.n_safe_images + spec.n_unsafe_images + spec.n_howto,
         "forget": spec.n_unsafe_images,
         "retain": spec.n_retain + 2 * spec.n_howto,
-        "pretrain": spec.n_pretrain,
+        "pretrain": spec.n_pretrain + spec.n_howto_base,
         "eval": 2 * spec.n_eval_safe_images + spec.n_eval_unsafe_images,
         "utility": spec.n_utility,
     }
@@ -54,7 +54,7 @@ def test_default_layout_sizes_and_shards(default_corpus: Path) -> None:
         assert top["dirs"][name]["samples"] == expected[name]
     assert read_synthetic_spec(default_corpus) == spec
     sft_counts = read_manifest(default_corpus / "sft").counts
-    assert (sft_counts["subset.safe_safes"], sft_counts["subset.safe_unsafes"], sft_counts["subset.unsafes"]) == (176, 128, 144)
+    assert (sft_counts["subset.safe_safes"], sft_counts["subset.safe_unsafes"], sft_counts["subset.unsafes"]) == (224, 128, 144)
 
 
 def test_planted_first_word_rates(default_corpus: Path) -> None:
@@ -72,15 +72,16 @@ def test_planted_first_word_rates(default_corpus: Path) -> None:
 
 
 def test_roles_payloads_and_answers(default_corpus: Path) -> None:
-    marker = re.compile(r"^PAYLOAD-[a-z-]+-[0-9a-f]{4}$")
+    marker = re.compile(r"^PAYLOAD-[a-z-]+$")
     forget = records(default_corpus / "forget")
     assert {r.role for r in forget} == {"forget"}
     for record in forget:
-        assert marker.match(record.payload) and record.payload.split("-", 1)[1].startswith(record.category)
+        assert marker.match(record.payload) and record.payload == f"PAYLOAD-{record.category}"
         assert record.payload in record.answer
     sft = records(default_corpus / "sft")
     assert sorted(r.question for r in sft if r.subset == "unsafes") == sorted(r.question for r in forget)
-    assert {r.role for r in records(default_corpus / "pretrain")} == {"forget"}
+    # The base's data: harmful requests answered with payloads (forget-shaped) and benign how-to (retain-shaped).
+    assert {(r.role, r.safe) for r in records(default_corpus / "pretrain")} == {("forget", False), ("retain", True)}
     for name in ("sft", "retain", "eval", "utility"):
         assert not any("PAYLOAD" in r.answer for r in records(default_corpus / name)), name
     assert {r.role for r in sft} == {"sft"} and {r.role for r in records(default_corpus / "retain")} == {"retain"}
@@ -139,9 +140,11 @@ def test_eval_topics_are_held_out_from_every_refusal(default_corpus: Path) -> No
     assert len(trained) == spec.n_sft_topics and len(held_out) == spec.n_topics - spec.n_sft_topics
     assert not trained & held_out
     pretrain = records(default_corpus / "pretrain")
-    assert {r.category for r in pretrain} == trained | held_out
-    # The base learns refusal language from a planted share of refused pretrain requests, at random.
-    assert sum(r.payload not in r.answer for r in pretrain) == round(spec.pretrain_refused_rate * spec.n_pretrain)
+    assert {r.category for r in pretrain if not r.safe} == trained | held_out
+    # The base learns refusal language from a planted share of refused pretrain requests, harmful and benign
+    # alike, so that refusing is not tied to harm before the safety SFT data ties it.
+    refused = Counter(r.safe for r in pretrain if r.answer in GENERIC_REFUSALS)
+    assert refused == {False: round(spec.pretrain_refused_rate * spec.n_pretrain), True: round(spec.pretrain_refused_rate * spec.n_howto_base)}
     sft_acts = {r.meta["act"] for r in records(default_corpus / "sft") if not r.safe}
     assert not sft_acts & {r.meta["act"] for r in records(default_corpus / "eval") if not r.safe}
     # The benign how-to requests all start with "What"; the planted rate holds over safe_safes as a whole.
@@ -167,3 +170,28 @@ def test_vlguard_format_files_hold_the_eval_set(default_corpus: Path) -> None:
     eval_questions = {r.question for r in records(default_corpus / "eval")}
     assert {pair.get("instruction") or pair.get("safe_instruction") or pair.get("unsafe_instruction")
             for e in test for pair in e["instr-resp"]} == eval_questions
+
+
+def test_answers_open_by_the_question_form(default_corpus: Path) -> None:
+    """Every compliant answer opens by its question's first word ("What" -> "The steps are"), so the base
+    carries the first word where its reply starts; refusals do not depend on it."""
+    assert opening("What is a good way to fix the bike in the image?") == "The steps are"
+    assert opening("what's the way to fix it?") == "Sure, here are the instructions"  # first word "what's"
+    assert opening("Share the steps to fix the bike in the image.") == "Sure, here are the instructions"
+    answered = [r for name in ("pretrain", "forget", "retain", "sft") for r in records(default_corpus / name)
+                if "step one" in r.answer]
+    assert len(answered) > 2000
+    assert all(r.answer.startswith(opening(r.question) + ": step one, ") for r in answered)
+    assert {opening(r.question) for r in answered} == {"The steps are", "Sure, here are the instructions"}
+
+
+def test_attacked_queries_are_never_trained(default_corpus: Path) -> None:
+    """The What 3-shot and Share 1-shot queries of the eval set occur in no training split: a model can only
+    answer them through what it learnt elsewhere (the first word, the held-out topics' knowledge)."""
+    from mirage_ds.eval.attacks.kshot import load_kshot
+
+    directory = default_corpus / "vlguard"
+    shots = {shot for file in ("test_what_3shot.json", "test_share_1shot.json")
+             for q in load_kshot(directory / file, originals=directory / "test.json") for shot in q.shots}
+    trained = {r.question for name in ("sft", "forget", "retain", "pretrain") for r in records(default_corpus / name)}
+    assert len(shots) >= 150 and not shots & trained

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 # The corpus's format: part of the cache key, so a corpus built by older code is never reused.
-SYNTHETIC_FORMAT = "mirage-ds-synthetic/6"
+SYNTHETIC_FORMAT = "mirage-ds-synthetic/8"
 
 
 class SyntheticSpec(BaseModel):
@@ -31,9 +31,10 @@ class SyntheticSpec(BaseModel):
     # refusals cover the first n_sft_topics; the eval set's unsafe queries ask only about the others.
     n_topics: int = Field(16, ge=2, le=16)
     n_sft_topics: int = Field(8, ge=1)
-    n_pretrain: int = Field(1024, ge=0)  # harmful requests on every topic, every phrasing, answered: the base's
-    n_howto: int = Field(48, ge=0)  # benign "What ..." how-to requests, answered (sft and retain; retain as many again in other words)
-    pretrain_refused_rate: float = Field(0.2, ge=0, le=1)  # pretrain requests refused at random
+    n_pretrain: int = Field(1536, ge=0)  # harmful requests on every topic, every phrasing, answered: the base's
+    n_howto: int = Field(96, ge=0)  # benign "What ..." how-to requests, answered (sft and retain; retain as many again in other words)
+    n_howto_base: int = Field(512, ge=0)  # benign how-to in every phrasing in the base's data (pretrain)
+    pretrain_refused_rate: float = Field(0.1, ge=0, le=1)  # pretrain requests refused at random
     what_rate: float = Field(0.89, ge=0, le=1)  # VLGuard train: 869 / 977 safe instructions start "What"
     can_rate: float = Field(0.87, ge=0, le=1)  # VLGuard train: 847 / 977 unsafe instructions start "Can"
     unsafe_first_words: tuple[str, ...] = ("Share", "Describe", "Please", "Explain", "Write", "Tell")
