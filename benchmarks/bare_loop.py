@@ -3,7 +3,10 @@ optimizer, with no tracker, no streamer, no checkpoint and no per-step metrics.
 
     deepspeed --num_gpus N benchmarks/bare_loop.py --recipe sft_lora --steps 60 [dotted.key=value ...]
 
-The recipe is read only for its sizes (model, micro batch, ZeRO JSON, learning rate). The batches are this
+The recipe is read only for its sizes (model, micro batch, ZeRO JSON) and its optimizer: the framework's
+AdamW parameter groups (``build_optimizer``: the recipe's learning rates and weight decay; a bare
+``AdamW(params, lr)`` would add torch's default weight decay of 0.01 and drop LoRA's projector rate).
+The model trains in train mode, as the framework's does. The batches are this
 rank's first ``--steps`` batches of the recipe's train stream (same shards, seed and order as the
 framework's run), collated into memory before the loop starts, so the loop times the model and DeepSpeed
 alone. Rank 0 prints one ``step K`` line per step (flushed), which ``overhead.py`` timestamps.
@@ -30,6 +33,7 @@ from mirage_ds.data.streamer import Batches, ShardStream, collate_padded  # noqa
 from mirage_ds.data.template import Template  # noqa: E402
 from mirage_ds.engine.distributed import init_distributed, zero3_construction  # noqa: E402
 from mirage_ds.engine.ds_config import build_ds_config  # noqa: E402
+from mirage_ds.engine.optim import build_optimizer  # noqa: E402
 from mirage_ds.losses.base import to_device  # noqa: E402
 from mirage_ds.models.loading import DTYPES, build_model, resolve_model_path  # noqa: E402
 
@@ -62,9 +66,9 @@ def main() -> None:
     ds_config = build_ds_config(cfg, world, hidden)
     with zero3_construction(ds_config):
         bundle = build_model(cfg.model)
-    trainable = [p for p in bundle.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    optimizer = build_optimizer(bundle.model, cfg.optim)
     engine, _, _, _ = deepspeed.initialize(model=bundle.model, optimizer=optimizer, config=ds_config)
+    engine.train()  # from_pretrained returns eval mode
     batches = preloaded_batches(cfg, bundle, rank, world, args.steps, engine.device)
 
     for step, batch in enumerate(batches, start=1):

@@ -6,8 +6,9 @@ step and samples/s side by side in one run.
 
 Framework: ``deepspeed --num_gpus N launcher/run.py --recipe R`` as a user runs it (streamer with its
 workers, per-step all-reduce of the loss terms, metrics.jsonl + MLflow into a temporary store, tqdm).
-Baseline: ``benchmarks/bare_loop.py`` under the same launcher: the same model, micro batch, ZeRO JSON and
-AdamW, over the same batches preloaded into memory, with nothing else in the loop. Overrides after
+Baseline: ``benchmarks/bare_loop.py`` under the same launcher: the same model (in train mode), micro batch,
+ZeRO JSON and AdamW parameter groups, over the same batches preloaded into memory, with nothing else in the
+loop (so decoding the data counts as the framework's cost). Overrides after
 ``--`` go to both sides (e.g. ``-- model.embedded.text_hidden=512``).
 
 Time per step is wall clock between rank 0's consecutive step lines, stamped here as they arrive, so it
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="recipe overrides for both sides, after --")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]  # a shared machine's load, printed with the table: it moves single timings
 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     rows: list[tuple[str, int, float, float, float, float, int]] = []
@@ -105,7 +107,8 @@ def main() -> None:
                       f"bare {1000 * base:.1f} ms/step, {len(framework)} / {len(bare)} steps", flush=True)
 
     print(f"\n# framework vs bare DeepSpeed, median ms per step after {args.warmup} warm-up steps, "
-          f"{args.repeats} interleaved repeats of {args.steps} steps")
+          f"{args.repeats} interleaved repeats of {args.steps} steps; load average (1 min) {load_start:.2f} at start, "
+          f"{os.getloadavg()[0]:.2f} at end")
     print("| recipe | ranks | framework ms | (in-step ms, data wait) | bare ms | framework samples/s | bare samples/s "
           "| time ratio |")
     print("|---|---|---|---|---|---|---|---|")

@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="recipe overrides for both sides, after --")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]  # a shared machine's load, printed with the table: it moves single timings
 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     rows: list[tuple[str, int, float, float, int]] = []
@@ -75,7 +76,8 @@ def main() -> None:
                       f"{len(framework)} / {len(trl)} steps; TRL side {conversion}", flush=True)
 
     print(f"\n# framework vs TRL SFTTrainer, median ms per step after {args.warmup} warm-up steps, "
-          f"{args.repeats} interleaved repeats of {args.steps} steps")
+          f"{args.repeats} interleaved repeats of {args.steps} steps; load average (1 min) {load_start:.2f} at start, "
+          f"{os.getloadavg()[0]:.2f} at end")
     print("| recipe | ranks | framework ms | TRL ms | framework samples/s | TRL samples/s | framework/TRL samples/s |")
     print("|---|---|---|---|---|---|---|")
     for recipe, ranks, fw, peer, samples in rows:
