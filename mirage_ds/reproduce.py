@@ -48,10 +48,9 @@ LORA: dict[str, tuple[str, ...]] = {
 # QUICK_EVAL_ARGS' items per subset, so that with the base cached the table takes minutes, not tens.
 QUICK: dict[str, tuple[str, ...]] = {
     "Unsafe-Filter": ("max_steps=20",),
-    "Mixed-SFT": ("max_steps=30",),
-    "Posthoc-SFT": ("max_steps=15",),
-    "NPO": ("max_steps=20",),
-    "RMU": ("max_steps=20",),
+    "Mixed-SFT": ("max_steps=60",),
+    "Posthoc-SFT": ("max_steps=50",),
+    # NPO and RMU keep their steps: they are the cheap rows, and fewer steps leave the held-out harm in place.
 }
 QUICK_EVAL_ARGS = ("--limit=25",)
 COLUMNS = ("asr_before", "asr_after", "rr_before", "rr_after", "utility", "degenerate")

@@ -17,7 +17,7 @@ from mirage_ds.eval.comparison import kshot_points
 from mirage_ds.eval.degenerate import DegenerateShare
 from mirage_ds.eval.report import metrics_of
 from mirage_ds.models.pretrained import base_key
-from mirage_ds.reproduce import (HEADER, METHODS, QUICK, QUICK_EVAL_ARGS, Reproduction, Sweep, kshot_figure_of,
+from mirage_ds.reproduce import (HEADER, LORA, METHODS, QUICK, QUICK_EVAL_ARGS, Reproduction, Sweep, kshot_figure_of,
                                  parse_sweep, select_methods, sweep, sweep_figure, sweep_rows, table_markdown, table_row,
                                  train_command, write_table)
 
@@ -102,16 +102,24 @@ def test_figure3_points_are_the_eval_json_rates_by_shots(tmp_path: Path) -> None
     assert figure == tmp_path / "figure3_kshot.png" and figure.stat().st_size > 0
 
 
-def test_quick_runs_fewer_steps_of_every_method_and_evaluates_fewer_items() -> None:
-    assert set(QUICK) == {name for name, _, _ in METHODS}
+def test_quick_runs_fewer_sft_steps_and_evaluates_fewer_items() -> None:
+    assert set(QUICK) == {"Unsafe-Filter", "Mixed-SFT", "Posthoc-SFT"}  # NPO and RMU keep their steps
     quick = Reproduction(Path("out"), quick=True, eval_args=("--batch-size=8",))
     assert quick.experiment_name == "reproduce-quick-full-seed0"
     assert quick.evaluation_args == (*QUICK_EVAL_ARGS, "--batch-size=8")
     for (name, stem, sized), (_, _, fewer) in zip(METHODS, quick.sized_methods):
         full, short = load_config(f"{stem}_full", list(sized)), load_config(f"{stem}_full", list(fewer))
-        assert short.max_steps < full.max_steps, name
+        assert short.max_steps < full.max_steps if name in QUICK else short.max_steps == full.max_steps, name
         assert (short.optim, short.micro_batch_size) == (full.optim, full.micro_batch_size), name
     assert Reproduction(Path("out")).sized_methods == METHODS
+
+
+def test_lora_variant_applies_its_rates_after_the_methods_sizes() -> None:
+    lora = dict((name, sized) for name, _, sized in Reproduction(Path("out"), variant="lora").sized_methods)
+    assert set(LORA) == {name for name, _, _ in METHODS}
+    for name, stem, sized in METHODS:
+        full, adapted = load_config(f"{stem}_lora", list(sized)), load_config(f"{stem}_lora", list(lora[name]))
+        assert adapted.optim.lr > full.optim.lr and adapted.model.lora is not None, name
 
 
 def test_sweep_keys_and_methods_parse(tmp_path: Path) -> None:
