@@ -34,7 +34,7 @@ run: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(OUT) > /dev/null
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --beside $(OUT)
 
-# The methods compared end to end on the embedded default (about 5 minutes on 2 CPU cores): train a base
+# The methods compared end to end on the embedded default (about 12 minutes on 2 CPU cores): train a base
 # that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
 # (ASR/RR before and after the one-word attack, utility) and print the Table 1 comparison from MLflow.
 # Each demo is its own MLflow experiment (named after its directory) in the default store runs/mlflow.db,

@@ -31,7 +31,8 @@ from mirage_ds.config import REPO_ROOT, ConfigError, load_config
 METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Unsafe-Filter", "unsafe_filter", ("max_steps=40", "micro_batch_size=8", "optim.lr=3e-4")),
     ("Mixed-SFT", "mixed_sft", ("max_steps=90", "micro_batch_size=8", "optim.lr=3e-4")),
-    ("Posthoc-SFT", "posthoc_sft", ("max_steps=75", "micro_batch_size=8", "optim.lr=3e-4")),
+    # Fewer samples than Mixed-SFT (540 vs 720), as the paper's Posthoc-SFT sees VLGuard plus 5k instructions.
+    ("Posthoc-SFT", "posthoc_sft", ("max_steps=90", "micro_batch_size=6", "optim.lr=3e-4")),
     ("NPO", "npo", ("max_steps=30", "micro_batch_size=8", "optim.lr=1.5e-4")),
     # The official preset's retain CE term (paper_scale: loss.retain_ce_weight=1) keeps answers fluent.
     ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3", "loss.retain_ce_weight=1")),
