@@ -102,3 +102,19 @@ def test_skip_policy_trains_and_counts(bad_shards: Path, tmp_path: Path) -> None
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["data/skipped"] == 2
     assert "skipping sample" in proc.stderr and "s-0001" in proc.stderr and "s-0003" in proc.stderr
+
+
+def test_stale_shm_op_build_lock_fails_instead_of_hanging(tmp_path: Path) -> None:
+    # A build of DeepSpeed's shm op killed mid-way leaves its lock; without the check every later launch
+    # waited on it forever (torch's FileBaton), through the real launcher.
+    ops = tmp_path / "torch_extensions"
+    lock = ops / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    hour_ago = lock.stat().st_mtime - 3600
+    os.utime(lock, (hour_ago, hour_ago))
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ops)}
+    proc = launch("sft_lora", f"output_dir={tmp_path}/out", ranks=2, env=env, timeout=120)
+    line = _assert_one_line_error(proc, str(lock), "60 minutes old", f"rm {lock}")
+    assert not (tmp_path / "out").exists(), line
+    assert lock.exists()  # never removed behind the user's back: a live build may own it

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, LlavaForConditionalGeneration
@@ -34,6 +36,7 @@ def check_against_model(cfg: TrainConfig) -> None:
     on the meta device (no weights, no memory), wrapped by PEFT under LoRA exactly as the training run wraps it.
     """
     check_dtype(cfg)
+    check_extension_lock()
     path = resolve_model_path(cfg.model)
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     model_name = f"model.path={cfg.model.path!r}" if cfg.model.path else "the embedded model"
@@ -77,6 +80,37 @@ def check_dtype(cfg: TrainConfig) -> None:
         if enabled != "auto" and bool(enabled) != (cfg.model.dtype == dtype):
             raise ConfigError(f"model.dtype={cfg.model.dtype} but {source} sets {section}.enabled={json.dumps(enabled)}: "
                               f"set model.dtype={dtype if enabled else 'fp32'} or {section}.enabled to \"auto\"")
+
+
+# DeepSpeed JIT-builds its CPU all-reduce op (``deepspeed_shm_comm``) at the first launch under a venv; here
+# that takes about a minute. A lock far older than that was left by a build that was killed.
+SHM_OP = "deepspeed_shm_comm"
+STALE_LOCK_S = 600
+
+
+def check_extension_lock() -> None:
+    """Fail on a stale build lock of DeepSpeed's shm op instead of hanging on it.
+
+    torch's JIT build holds ``<build dir>/lock`` while it compiles and removes it when done; a build killed
+    mid-way (a Ctrl-C or a SIGKILL during the first launch) leaves it behind, and every later launch, from
+    any checkout, then waits on it forever without a word (torch's ``FileBaton.wait``). Only the CPU
+    backend builds the op.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    from torch.utils.cpp_extension import _get_build_directory  # torch's own layout of the build root
+
+    lock = Path(_get_build_directory(SHM_OP, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        raise ConfigError(f"{lock} is {age / 60:.0f} minutes old: a build of DeepSpeed's {SHM_OP} op was killed "
+                          f"mid-way and every launch would wait on it forever; remove it (rm {lock}) unless a build "
+                          "is still running")
 
 
 def parameter_names(model: torch.nn.Module, cfg: TrainConfig) -> list[str]:
