@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.schema import DataError, SampleError
@@ -82,6 +83,21 @@ def test_batches_are_padded_and_masked(tmp_path: Path, pre: Preprocessor) -> Non
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
     pad = batch["attention_mask"] == 0
     assert (batch["labels"][pad] == -100).all()
+
+
+def test_a_worker_hands_over_the_same_batches_as_in_process_decoding(tmp_path: Path, pre: Preprocessor) -> None:
+    # A worker packs a batch's tensors into one buffer for the hand-off (pack_tensors); the rank must get
+    # back every tensor with its dtype, shape and values, the bool image mask and the padding included.
+    path = make_shards(tmp_path / "d", n=11, shards=2)
+    in_process, worker = _stream(path, pre, workers=0, batch=3), _stream(path, pre, workers=1, batch=3)
+    for _ in range(6):  # past the epoch's end, whose last batch is short (11 samples, batches of 3)
+        a, b = next(in_process), next(worker)
+        assert a.keys() == b.keys() and a["ids"] == b["ids"]
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert (b[key].dtype, b[key].shape) == (value.dtype, value.shape), key
+                assert torch.equal(b[key], value), key
+    assert worker.state.to_dict() == in_process.state.to_dict()
 
 
 def test_too_few_shards_for_ranks_x_workers(tmp_path: Path, pre: Preprocessor) -> None:
