@@ -37,3 +37,16 @@ def assert_source_layout(export: Path, source: Path, dtype_from_source: bool = T
         if name == "config.json" and not dtype_from_source:
             continue
         assert (export / name).read_bytes() == (source / name).read_bytes(), name
+
+
+def load_export(out: Path, lora: bool) -> None:
+    """A run's ``export/`` loads as users load it: HF ``from_pretrained``, or PEFT over the exported base."""
+    from transformers import LlavaForConditionalGeneration
+
+    if lora:
+        from peft import PeftModel
+
+        PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(out / "export" / "base", local_files_only=True),
+                                  out / "export")
+    else:
+        LlavaForConditionalGeneration.from_pretrained(out / "export", local_files_only=True)

@@ -209,7 +209,7 @@ def test_a_run_on_real_model_or_data_needs_explicit_eval_data(override: str, tin
 
 
 def test_a_run_from_an_embedded_runs_export_keeps_the_embedded_eval_set(tiny_path: Path, tmp_path: Path) -> None:
-    """`make demo` trains its methods with model.path=<base run>/export: that chain is still the embedded
+    """Methods trained from a base run (model.path=<base run>/export) are a chain that is still the embedded
     model and corpus, so `eval --run` may use the embedded eval set; a chain that reaches real data may not."""
     from mirage_ds.cli.evaluate import _no_silent_fallback
 

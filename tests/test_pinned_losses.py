@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from export_checks import load_export
 from launch import launch, metrics
 
 pytestmark = pytest.mark.distributed
@@ -79,6 +80,8 @@ def test_recipe_losses_match_pinned(recipe: str, tmp_path: Path, synthetic_corpu
     assert set(got) == set(PINNED[recipe]), f"logged terms changed: {sorted(got)}"
     for key, want in PINNED[recipe].items():
         assert got[key] == pytest.approx(want, rel=RTOL, abs=ATOL), f"{recipe} {key}: {got[key]} != {want}"
+    # Also the one-rank smoke run of the unlearning recipes (tests/test_recipes_smoke.py runs them on 2).
+    load_export(tmp_path / recipe, recipe.endswith("_lora"))
 
 
 if __name__ == "__main__":
