@@ -34,23 +34,17 @@ run: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(OUT) > /dev/null
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --beside $(OUT)
 
-# The methods compared end to end on the embedded default (about 12 minutes on 2 CPU cores): train a base
-# that complies with everything (base_full), then Mixed-SFT, NPO and RMU from it; evaluate all four
-# (ASR/RR before and after the one-word attack, utility) and print the Table 1 comparison from MLflow.
-# Each demo is its own MLflow experiment (named after its directory) in the default store runs/mlflow.db,
-# so a plain `mirage-ds compare` afterwards (nothing evaluated since) shows exactly this demo's four rows. Expanded once (:=), so
-# that every line of the recipe names the same directory even when a second ticks between expansions.
+# The methods compared end to end on the embedded default: Mixed-SFT, NPO and RMU trained from the pretrained
+# embedded base at reproduce's measured sizes (mirage_ds/reproduce.py METHODS, one rank each), each evaluated
+# beside the base (ASR/RR before and after the one-word attack, utility, degenerate share); prints the Table 1
+# rows and writes $(DEMO)/table.md and the figures. Each demo is its own MLflow experiment, named after its
+# directory. Expanded once (:=), so that every use names the same directory even when a second ticks between.
+# Runs at once in demo and reproduce (each its own process on one core; the numbers do not depend on it).
+JOBS ?= 2
 DEMO := $(or $(DEMO),runs/demo-$(shell date +%Y%m%d-%H%M%S))
-DEMO_METHODS ?= mixed_sft_full npo_full rmu_full
+DEMO_METHODS ?= Mixed-SFT,NPO,RMU
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe base_full output_dir=$(DEMO)/base tracking.experiment=$(notdir $(DEMO))
-	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/base --name base
-	for recipe in $(DEMO_METHODS); do \
-	  OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus $(RANKS) launcher/run.py --recipe $$recipe \
-	    output_dir=$(DEMO)/$$recipe model.path=$(DEMO)/base/export tracking.experiment=$(notdir $(DEMO)) || exit 1; \
-	  OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds eval --run $(DEMO)/$$recipe --name $$recipe || exit 1; \
-	done
-	$(VENV)/bin/mirage-ds compare --experiment $(notdir $(DEMO)) --out $(DEMO)/comparison
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --methods $(DEMO_METHODS) --jobs $(JOBS) --out $(DEMO) --experiment $(notdir $(DEMO))
 
 # Table 1 in miniature (mirage_ds/reproduce.py): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
 # Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md,
@@ -62,7 +56,7 @@ SEED ?= 0
 REPRO ?= runs/reproduce$(if $(QUICK),-quick)$(if $(filter-out full-0,$(VARIANT)-$(SEED)),/$(VARIANT)-seed$(SEED))
 REPRO_RANKS ?= 1
 reproduce: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --out $(REPRO) \
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --jobs $(JOBS) --out $(REPRO) \
 	  $(if $(QUICK),--quick) $(if $(SWEEP),--sweep $(SWEEP)) $(ARGS)
 
 test: $(STAMP)

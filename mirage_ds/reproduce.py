@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,11 @@ class Reproduction:
     methods: tuple[tuple[str, str, tuple[str, ...]], ...] = METHODS
     eval_args: tuple[str, ...] = field(default=())
     quick: bool = False
+    jobs: int = 1  # trainings / evaluations at once: each is its own process, and its numbers do not depend on this
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs {self.jobs}: at least 1 run at a time")
 
     @property
     def experiment_name(self) -> str:
@@ -227,16 +233,20 @@ def reproduce(plan: Reproduction, progress: Any = print) -> list[dict[str, Any]]
     first = f"{plan.methods[0][1]}_{plan.variant}"
     progress(f"base: resolving the pretrained embedded base ({first}'s starting model)")
     base, corpus = base_model_and_corpus(first, common)
-    base_eval = evaluate_base(base, corpus, plan.out_dir / "base" / "eval", plan.evaluation_args)
-    results = [("base", json.loads(base_eval.read_text()))]
-    for name, stem, sized in plan.sized_methods:
+
+    def method(name: str, stem: str, sized: tuple[str, ...]) -> Path:
         recipe, run_dir = f"{stem}_{plan.variant}", plan.out_dir / stem
         if not (run_dir / "eval" / "eval.json").is_file():
             progress(f"{name}: training {recipe}")
             _run(train_command(recipe, run_dir, plan.ranks, [*sized, *common]), run_dir / "train.log")
             progress(f"{name}: evaluating")
             _run(_eval_command("--run", str(run_dir), "--name", name, *plan.evaluation_args), run_dir / "eval.log")
-        results.append((name, json.loads((run_dir / "eval" / "eval.json").read_text())))
+        return run_dir / "eval" / "eval.json"
+
+    with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
+        base_eval = pool.submit(evaluate_base, base, corpus, plan.out_dir / "base" / "eval", plan.evaluation_args)
+        evals = [(name, pool.submit(method, name, stem, sized)) for name, stem, sized in plan.sized_methods]
+        results = [(name, json.loads(done.result().read_text())) for name, done in [("base", base_eval), *evals]]
     rows = [table_row(name, result) for name, result in results]
     figure1, figure3 = plan.out_dir / "figure1_first_words.png", plan.out_dir / "figure3_kshot.png"
     _first_word_figure(corpus / "sft", figure1)

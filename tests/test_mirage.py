@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def test_quick_reproduction_shows_the_mirage_and_unlearning_removes_it(tmp_path: Path, monkeypatch) -> None:
     # The suite pins the untrained model (conftest); this test is about the pretrained base.
     monkeypatch.setenv("MIRAGE_EMBEDDED_BASE", "pretrained")
-    plan = Reproduction(out_dir=tmp_path, quick=True, methods=select_methods("Mixed-SFT,NPO,RMU"), experiment="test-mirage")
+    plan = Reproduction(out_dir=tmp_path, quick=True, methods=select_methods("Mixed-SFT,NPO,RMU"), experiment="test-mirage",
+                        jobs=2)  # two runs at once on the 2 cores; the rates do not depend on it
     rows = {row["model"]: row for row in reproduce(plan, progress=lambda line: None)}
     base, sft, npo, rmu = rows["base"], rows["Mixed-SFT"], rows["NPO"], rows["RMU"]
     summary = {name: {k: row[k] for k in ("asr_before", "asr_after", "rr_before", "rr_after", "utility", "degenerate")}

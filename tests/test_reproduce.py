@@ -166,7 +166,8 @@ def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
     out = tmp_path / "repro"
     command = [str(Path(sys.executable).parent / "mirage-ds"), "reproduce", "--out", str(out), "--methods", "Mixed-SFT",
                "--sweep", "what_rate=0.5,0.89", "--set", "max_steps=2", "--set", "micro_batch_size=2",
-               "--eval-arg=--limit=4", "--eval-arg=--max-new-tokens=8", "--experiment", f"dial-{tmp_path.name}"]
+               "--eval-arg=--limit=4", "--eval-arg=--max-new-tokens=8", "--experiment", f"dial-{tmp_path.name}",
+               "--jobs", "2"]  # the base's evaluation and the method's run side by side
     done = subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("| value | method |")
@@ -186,3 +187,8 @@ def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout == done.stdout
     assert (out / "sweep-data.synthetic.what_rate-0.5" / "mixed_sft" / "train.log").stat().st_mtime == trained
     assert time.monotonic() - start < 60  # nothing retrained or re-evaluated
+
+
+def test_jobs_below_one_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--jobs 0"):
+        Reproduction(out_dir=tmp_path, jobs=0)
