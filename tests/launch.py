@@ -28,6 +28,12 @@ def launch(recipe: str, *overrides: str, ranks: int = 2, timeout: int = 600, env
     return subprocess.run(cmd, cwd=REPO, env=env if env is not None else {**os.environ}, capture_output=True, text=True, timeout=timeout)
 
 
+def run_one_rank(recipe: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """A world of one: ``launcher/run.py`` as plain python, without the DeepSpeed launcher process."""
+    cmd = [sys.executable, "launcher/run.py", "--recipe", recipe, *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
 def launch_and_preempt(recipe: str, out: Path, after_step: int, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
     """Start a run, send SIGUSR1 to its ranks once ``after_step`` steps are logged, wait for it to exit."""
     cmd = [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "launcher/run.py", "--recipe", recipe,

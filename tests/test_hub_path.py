@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import yaml
 
 from conftest import REPO, VLGUARD
 from export_checks import assert_source_layout, header
-from launch import launch, metrics
+from launch import launch, metrics, run_one_rank
 from mirage_ds.config import ConfigError, load_config
 from mirage_ds.paper_scale import paper_scale, paper_scale_recipes
 
@@ -84,9 +82,8 @@ class Runs:
             args = [*_overrides(recipe, self.hub_path, self.shards, out), *extra]
             if recipe in TWO_RANKS:
                 proc = launch(recipe, *args)
-            else:  # a world of one: plain python, without the DeepSpeed launcher process
-                proc = subprocess.run([sys.executable, "launcher/run.py", "--recipe", recipe, *args], cwd=REPO,
-                                      capture_output=True, text=True, timeout=600)
+            else:
+                proc = run_one_rank(recipe, *args)
             self.done[key] = Run(proc.returncode, proc.stderr, out)
         return self.done[key]
 
@@ -262,8 +259,7 @@ def test_dtype_the_engine_cannot_take_is_one_line_exit_2(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=rf"^model.dtype=fp32 but {ds_file} sets bf16.enabled=true: set model.dtype=bf16"):
         check_dtype(load_config("npo_lora", [f"deepspeed={ds_file}"]))
     check_dtype(load_config("npo_lora", [f"deepspeed={ds_file}", "model.dtype=bf16"]))
-    proc = subprocess.run([sys.executable, "launcher/run.py", "--recipe", "npo_lora", f"deepspeed={ds_file}",
-                           f"output_dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_one_rank("npo_lora", f"deepspeed={ds_file}", f"output_dir={tmp_path / 'out'}", timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: model.dtype=fp32 but "), proc.stderr[-2000:]

@@ -5,16 +5,14 @@ tests/test_pinned_losses.py), the SFT recipes on one."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
 from export_checks import load_export
-from launch import launch, metrics
+from launch import launch, metrics, run_one_rank
 
 pytestmark = pytest.mark.distributed
 
@@ -34,8 +32,7 @@ def test_table1_recipe_smoke(recipe: str, tmp_path: Path, synthetic_corpus) -> N
     out = tmp_path / recipe
     overrides = (f"output_dir={out}", "max_steps=3", "micro_batch_size=2")
     if _method(recipe) == "sft":
-        proc = subprocess.run([sys.executable, "launcher/run.py", "--recipe", recipe, *overrides], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
+        proc = run_one_rank(recipe, *overrides)
     else:
         proc = launch(recipe, *overrides)
     _check_smoke_run(proc, out, recipe)
