@@ -39,10 +39,10 @@ run: $(STAMP)
 # beside the base (ASR/RR before and after the one-word attack, utility, degenerate share); prints the Table 1
 # rows and writes $(DEMO)/table.md and the figures. Each demo is its own MLflow experiment, named after its
 # directory. Expanded once (:=), so that every use names the same directory even when a second ticks between.
-# Runs at once in demo and reproduce (each its own process on one core; the numbers do not depend on it).
-JOBS ?= 2
 DEMO := $(or $(DEMO),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 DEMO_METHODS ?= Mixed-SFT,NPO,RMU
+# Runs at once in demo and reproduce (each its own process on one core; the numbers do not depend on it).
+JOBS ?= 2
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --methods $(DEMO_METHODS) --jobs $(JOBS) --out $(DEMO) --experiment $(notdir $(DEMO))
 

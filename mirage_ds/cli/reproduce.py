@@ -47,8 +47,8 @@ def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--ranks", type=int, default=1, help="ranks per training run (1: plain Python, no launcher)")
     rp.add_argument("--jobs", type=int, default=1,
-                    help="trainings and evaluations run at once (2 on a 2-core machine halves the time; each run's "
-                         "numbers are the same as with 1)")
+                    help="trainings and evaluations run at once, each its own process (2 on a 2-core machine with "
+                         "--ranks 1); each run's numbers are the same as with 1")
     rp.add_argument("--experiment", help="MLflow experiment (default: reproduce-[quick-]<variant>-seed<seed>, "
                                          "with --sweep KEY: that name and -sweep-KEY)")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
