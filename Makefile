@@ -8,21 +8,42 @@ RECIPE ?= npo_lora
 OUT ?= runs/$(RECIPE)-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: venv run demo reproduce test bench clean
+.PHONY: venv lock run demo reproduce test test-fast bench clean
 
+# The tested environment: requirements-lock.txt pins every package and version the suite last passed with,
+# and every install step below takes it as constraints, so a fresh clone gets what was tested
+# (pyproject.toml keeps the ranges for installs into your own environment). `make lock` refreshes it from
+# a fresh resolution: run it when upgrading on purpose, then `make test`, and commit both.
+LOCK := requirements-lock.txt
 # torch first and pinned: on these CPU machines pip takes the local CPU wheel; a bare `torch`
 # requirement would pull a multi-GB CUDA build.
-# Rebuilt when the requirements or these install steps change.
-$(STAMP): pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	# lmms-eval (`mirage-ds utility`, tests/test_lmms.py): its own requirements would replace the CPU torch
-	# with a CUDA build, so it goes in without them, then the few it imports (the `lmms` extra's list).
-	$(PY) -m pip install --quiet --no-deps "lmms-eval>=0.7.3,<0.8"
-	$(PY) -m pip install --quiet loguru evaluate tenacity pytz sacrebleu "filelock<4"
+TORCH ?= torch==2.13.0
+# $(call install,VENV,PIP-OPTIONS): the project with its dev extra, then lmms-eval (`mirage-ds utility`,
+# tests/test_lmms.py) without its own requirements, which would replace the CPU torch with a CUDA build,
+# then the few it imports (the `lmms` extra's list).
+define install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet $(2) "$(TORCH)"
+	$(1)/bin/python -m pip install --quiet $(2) -e ".[dev]"
+	$(1)/bin/python -m pip install --quiet $(2) --no-deps "lmms-eval>=0.7.3,<0.8"
+	$(1)/bin/python -m pip install --quiet $(2) loguru evaluate tenacity pytz sacrebleu "filelock<4"
+endef
+
+# Rebuilt when the lock, the requirements or these install steps change.
+$(STAMP): $(LOCK) pyproject.toml Makefile
+	$(call install,$(VENV),-c $(LOCK))
 	touch $(STAMP)
+
+# A fresh resolution of pyproject.toml's ranges (and the bench extra's TRL) in a scratch venv, frozen.
+lock:
+	rm -rf .venv-lock
+	$(call install,.venv-lock,)
+	.venv-lock/bin/python -m pip install --quiet -e ".[bench]"
+	{ echo "# make lock: every package of the tested environment (make venv and .ci/run install from it)"; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 venv: $(STAMP)
 
@@ -65,7 +86,7 @@ test: $(STAMP)
 # Every benchmark ends with its `ratio ...: <value>x` lines; current figures: benchmarks/RESULTS.md. On a
 # GPU machine, `bash benchmarks/gpu_suite.sh` runs the CUDA ones and prints one table.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[bench]"
 	$(PY) benchmarks/streamer.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/rmu_kernel.py

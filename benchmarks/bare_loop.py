@@ -64,7 +64,7 @@ def main() -> None:
     model_path = resolve_model_path(cfg.model)
     hidden = AutoConfig.from_pretrained(model_path, local_files_only=True).text_config.hidden_size
     ds_config = build_ds_config(cfg, world, hidden)
-    with zero3_construction(ds_config):
+    with zero3_construction(ds_config, model_path):
         bundle = build_model(cfg.model)
     optimizer = build_optimizer(bundle.model, cfg.optim)
     engine, _, _, _ = deepspeed.initialize(model=bundle.model, optimizer=optimizer, config=ds_config)

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -56,6 +57,8 @@ def _check_tracked(uri: str, run_dir: Path) -> str:
     assert run.info.status == "FINISHED"
     assert run.data.params["recipe"] == "sft_lora" and run.data.params["max_steps"] == "3"
     assert run.data.params["model.lora.r"] == "8"
+    for package in ("torch", "transformers", "deepspeed", "peft"):
+        assert run.data.params[f"versions.{package}"] == metadata.version(package), package
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
     for key in ("train/lr", "perf/tokens_per_s", "system/rss_gib", "eval/asr_before", "eval/asr_after", "eval/rr_before",
                 "eval/rr_after", "eval/utility"):

@@ -74,15 +74,38 @@ def local_rank_zero_first(build: Callable[[], T]) -> T:
     return result
 
 
+def import_model_modules(model_path: Path) -> None:
+    """Import the modeling module of the checkpoint's model and of each of its sub-models (LLaVA: Llama, CLIP).
+
+    Why, before any ``zero.Init``: ``zero.Init`` wraps ``__init__`` of every nn.Module subclass, including
+    classes *created* while it is active (through ``Module.__init_subclass__``), and on exit puts back the
+    ``__init__`` it first saw. transformers imports a sub-model's module lazily, inside ``from_pretrained``,
+    so under ZeRO-3 ``LlamaAttention`` is created inside ``zero.Init``; transformers >= 5.25 then decorates
+    it with kernels' ``use_kernelized_func``, which replaces ``__init__`` after class creation (the new one
+    sets ``_kernel_funcs``). ``zero.Init``'s exit restores the undecorated ``__init__``, so every model built
+    later in the process (the full-FT reference engine, an export reload) lacks ``_kernel_funcs`` and its
+    forward raises AttributeError. Imported here first, the classes exist before ``zero.Init`` patches them.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    for sub in [config, *(getattr(config, key) for key in getattr(config, "sub_configs", {}))]:
+        if type(sub) in MODEL_MAPPING:
+            MODEL_MAPPING[type(sub)]  # the lookup imports the module that defines the class
+
+
 @contextmanager
-def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
-    """Keep an ``HfDeepSpeedConfig`` alive while models are loaded.
+def zero3_construction(ds_config: dict[str, Any], model_path: Path) -> Iterator[None]:
+    """Keep an ``HfDeepSpeedConfig`` alive while the model at ``model_path`` is loaded.
 
     With it, ``from_pretrained`` builds ZeRO-3 models partitioned (``zero.Init``) instead of materialising
     the full model on every rank first: the difference between 14 GB per rank and 14 GB / world for 7B.
+    The model's modules are imported first (``import_model_modules`` says why).
     """
     from transformers.integrations import HfDeepSpeedConfig
 
+    import_model_modules(model_path)
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     keep = HfDeepSpeedConfig(ds_config) if stage == 3 else None
     try:

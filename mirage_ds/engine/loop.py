@@ -40,7 +40,7 @@ from mirage_ds.engine.stop import StopSignal
 from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.models.loading import DTYPES, ModelBundle, build_model, resolve_model_path
-from mirage_ds.tracking import build_tracker, system_metrics, truncate_metrics
+from mirage_ds.tracking import build_tracker, library_versions, system_metrics, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
     model_path, stream_dirs = local_rank_zero_first(lambda: (resolve_model_path(cfg.model), resolve_streams(cfg, needs.streams)))
     hidden = AutoConfig.from_pretrained(model_path, local_files_only=True).text_config.hidden_size
     ds_config = build_ds_config(cfg, world, hidden)
-    with zero3_construction(ds_config):
+    with zero3_construction(ds_config, model_path):
         bundle = build_model(cfg.model)
     if needs.trainable:
         restrict_trainable(bundle.model, needs.trainable)
@@ -239,7 +239,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
     if rank == 0:
         save_config(cfg, out_dir / "config.yaml")
         (out_dir / "ds_config.json").write_text(json.dumps(run.ds_config, indent=2))
-        tracker.log_params(flatten(cfg))
+        tracker.log_params({**flatten(cfg), **library_versions()})
         tracker.log_artifact(out_dir / "config.yaml")
         tracker.log_artifact(out_dir / "ds_config.json")
         if run.resumed_from is not None:

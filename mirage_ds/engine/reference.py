@@ -53,8 +53,9 @@ def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], need
     if zero.get("stage", 0) != 3:
         # ZeRO-1/2 shard only optimizer state and gradients, which an inference model has none of.
         ref_config["zero_optimization"] = {"stage": 0}
-    with zero3_construction(ref_config):
-        model = load_model(resolve_model_path(cfg.model), cfg.model)
+    path = resolve_model_path(cfg.model)
+    with zero3_construction(ref_config, path):
+        model = load_model(path, cfg.model)
     model.config.use_cache = False
     model.eval().requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=ref_config)

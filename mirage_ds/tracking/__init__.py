@@ -5,6 +5,7 @@
   sqlite store that is never seen half-created.
 - ``mlflow_run.py``: the queued MLflow tracker; eval results attach to the training run through it.
 - ``sweep_parent.py``: a sweep's parent run, created once before its tasks.
+- ``versions.py``: the library versions recorded in every run's params.
 
 Only this package opens MLflow (lazily: importing ``mirage_ds.tracking`` does not import it); it imports
 nothing of the project but ``mirage_ds.cache``. The Table 1 comparison that reads the store back is
@@ -12,5 +13,6 @@ nothing of the project but ``mirage_ds.cache``. The Table 1 comparison that read
 """
 
 from mirage_ds.tracking.trackers import build_tracker, system_metrics, truncate_metrics
+from mirage_ds.tracking.versions import library_versions
 
-__all__ = ["build_tracker", "system_metrics", "truncate_metrics"]
+__all__ = ["build_tracker", "library_versions", "system_metrics", "truncate_metrics"]
