@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VLGUARD = REPO.parent / "shared" / "data" / "vlguard"
+# The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it and,
+# when set, wins even if it names a missing directory. Tests that read it request the ``vlguard`` fixture.
+VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD") or REPO.parent / "shared" / "data" / "vlguard")
+VLGUARD_MISSING = (f"VLGuard text not found at {VLGUARD}: set MIRAGE_VLGUARD=/path/to/vlguard (train.json, test.json, "
+                   "test_what_3shot.json, test_share_1shot.json) or place it at ../shared/data/vlguard")
 
 # One cache per test session unless the caller pins one (CI pins it to reuse the tiny model and corpus).
 os.environ.setdefault("MIRAGE_CACHE", str(REPO / ".cache-test"))
@@ -21,6 +25,16 @@ os.environ.setdefault("MIRAGE_EMBEDDED_BASE", "random")
 # the tracking tests point runs at their own stores and servers explicitly.
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / 'mlflow-suite.db'}")
 (REPO / ".cache-test").mkdir(exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def vlguard() -> Path:
+    """The VLGuard text directory. The suite's one non-hardware skip: a test that needs the text (itself, with
+    ``@pytest.mark.usefixtures("vlguard")``, or through a fixture such as ``hub_path``) skips, saying where to
+    put it, when the directory is missing."""
+    if not VLGUARD.is_dir():
+        pytest.skip(VLGUARD_MISSING)
+    return VLGUARD
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +62,9 @@ def synthetic_corpus() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hub_path() -> Path:
-    """A stand-in for llava-hf/llava-1.5-7b-hf: the hub's layout and files, tiny tensors (tests/hub_standin.py)."""
+def hub_path(vlguard: Path) -> Path:
+    """A stand-in for llava-hf/llava-1.5-7b-hf: the hub's layout and files, tiny tensors (tests/hub_standin.py);
+    its tokenizer is built from VLGuard's train.json."""
     from hub_standin import ensure_hub_standin
 
-    return ensure_hub_standin(VLGUARD / "train.json")
+    return ensure_hub_standin(vlguard / "train.json")

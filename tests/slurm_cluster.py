@@ -7,7 +7,8 @@ a killed test session; the next session finds and reuses them.
 
 Two shapes, each with its own state directory and ports, so both can be up at once:
 
-- ``ensure_cluster()``: design.md's single node, ``NodeName=$(hostname) CPUs=$(nproc)``.
+- ``ensure_cluster()``: the single node of docs/architecture.md ("The test Slurm cluster"),
+  ``NodeName=$(hostname) CPUs=$(nproc)``.
 - ``ensure_cluster(nodes=2)``: two nodes ``n0`` and ``n1`` of one CPU each, two slurmd processes on this
   machine (``slurmd -N``) reached at 127.0.0.1. A multi-node job array then really runs ``srun`` across
   two nodes, which is the path slurm/sweep.sh takes on a real cluster.
@@ -74,7 +75,7 @@ def cluster_for(nodes: int) -> Cluster:
 
 
 def slurm_conf(cluster: Cluster) -> str:
-    """design.md "Slurm": linuxproc tracking and no task plugin, so no cgroups are needed in a container."""
+    """docs/architecture.md, "The test Slurm cluster": linuxproc tracking, no task plugin, so no cgroups needed."""
     root, single = cluster.root, len(cluster.nodes) == 1
     # Each shape gets its own port block so the single-node and the two-node cluster can run side by side.
     port = 6817 if single else 6827
@@ -248,7 +249,7 @@ def _session_cluster(nodes: int) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[Cluster]:
-    """The single-node cluster of design.md."""
+    """The single-node cluster of docs/architecture.md ("The test Slurm cluster")."""
     yield from _session_cluster(1)
 
 

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from conftest import VLGUARD
 from mirage_ds.data.schema import DataError, Record, Turn
 from mirage_ds.eval.attacks.grammar import embedded_clause, parse_query
 from mirage_ds.eval.attacks.kshot import load_kshot
 from mirage_ds.eval.attacks.query import attack_queries
 from mirage_ds.eval.attacks.rewrite import OneWordRewriter
 
-# The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
-VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
-
 
 def _test_split() -> list[dict]:
     return json.loads((VLGUARD / "test.json").read_text())
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_what_3shot_groups_1326_records_into_442_queries() -> None:
     queries = load_kshot(VLGUARD / "test_what_3shot.json", shots=3, originals=VLGUARD / "test.json")
     assert len(queries) == 442
@@ -35,6 +33,7 @@ def test_what_3shot_groups_1326_records_into_442_queries() -> None:
     assert first.image == "bad_ads/3b19ed90-f941-463c-8361-4c66cc9c77b1.png"
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_share_1shot_reads_the_modified_safe_instruction() -> None:
     queries = load_kshot(VLGUARD / "test_share_1shot.json", originals=VLGUARD / "test.json")
     assert len(queries) == 556  # two of the 558 safe test images have no Share version
@@ -59,6 +58,7 @@ def test_interleaved_ids_are_an_error_naming_file_and_index(tmp_path: Path) -> N
         load_kshot(path)
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_wrong_group_size_is_an_error_naming_the_group(tmp_path: Path) -> None:
     path = _write(tmp_path / "k.json", ["a", "a", "a", "b", "b", "c", "c", "c"])
     with pytest.raises(DataError, match=r"k\.json: record 3 \(id 'b'\): a group of 2 .* expected 3"):
@@ -67,6 +67,7 @@ def test_wrong_group_size_is_an_error_naming_the_group(tmp_path: Path) -> None:
         load_kshot(VLGUARD / "test_what_3shot.json", shots=2)
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_an_original_must_be_unambiguous(tmp_path: Path) -> None:
     path = _write(tmp_path / "k.json", ["Ads_303871"], field="safe_instruction")
     with pytest.raises(DataError, match="not unique"):
@@ -117,6 +118,7 @@ def test_grammar_reads_the_three_forms() -> None:
     assert embedded_clause("What company is advertising it, and what is it selling?") is None
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_k_distinct_shots_for_every_vlguard_test_query() -> None:
     split = _test_split()
     cases = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import datasets
 import pytest
 from PIL import Image
 
+from conftest import VLGUARD
 from mirage_ds.cli.data import add_data_commands
 from mirage_ds.data.converters import ShardOptions
 from mirage_ds.data.llava import convert_llava
@@ -21,9 +21,6 @@ from mirage_ds.data.shards import read_samples
 from mirage_ds.data.spavl import convert_spavl
 from mirage_ds.data.vlguard import convert_vlguard
 from mirage_ds.data.writer import read_manifest
-
-# The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
-VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
 
 
 def image_file(path: Path, colour: tuple[int, int, int], fmt: str = "JPEG") -> Path:
@@ -39,6 +36,7 @@ def pixels(png: bytes) -> tuple[tuple[int, int], tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.usefixtures("vlguard")
 def test_vlguard_subset_counts_match_the_file(tmp_path: Path, split: str) -> None:
     entries = json.loads((VLGUARD / f"{split}.json").read_text())
     n_safe = sum(e["safe"] for e in entries)
@@ -207,9 +205,10 @@ def run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_cli_builds_vlguard_and_rejects_unknown_spec_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["data", "build", "vlguard", str(VLGUARD / "test.json"), "--out", str(tmp_path / "vg"), "--shard-size", "500", "--min-shards", "1"]) == 0
     assert "1558 samples in 4 shards" in capsys.readouterr().out
     assert [s.samples for s in read_manifest(tmp_path / "vg").shards] == [500, 500, 500, 58]
-    with pytest.raises(DataError, match="synthetic spec: field 'n_safe'.*fields: seed"):
-        run_cli(["data", "build", "synthetic", "--out", str(tmp_path / "syn"), "--set", "n_safe=3"])
+    with pytest.raises(DataError, match="synthetic corpus: key 'data.synthetic.n_safe'.*allowed here: seed"):
+        run_cli(["data", "build", "synthetic", "--out", str(tmp_path / "syn"), "--set", "data.synthetic.n_safe=3"])

@@ -46,6 +46,7 @@ def test_share_by_kind() -> None:
     assert degenerate_share([]).share == 0.0
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_vlguard_answers_and_refusals_are_not_degenerate() -> None:
     data = json.loads((VLGUARD / "test.json").read_text())
     responses = [pair["response"] for entry in data for pair in entry["instr-resp"]]

@@ -34,6 +34,7 @@ def test_ranks_get_whole_batches_of_one_process_and_run_equally_often() -> None:
 
 
 @pytest.mark.distributed
+@pytest.mark.usefixtures("vlguard")
 def test_two_ranks_evaluate_exactly_as_one(tiny_path: Path, tmp_path: Path) -> None:
     """fp32 greedy on the tiny model, the paper's cases with placeholder images: 21 prompts in 11 batches of 2,
     so rank 0 runs 6 batches (the last one short) and rank 1 runs 5 plus a repeated one."""

@@ -4,13 +4,13 @@ hub-layout LLaVA stand-in as the VLM judge."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import REPO, VLGUARD
 from mirage_ds.data.schema import Record, Turn
 from mirage_ds.eval.judges import (
     CachedJudge,
@@ -24,9 +24,6 @@ from mirage_ds.eval.judges import (
 from mirage_ds.eval.prompts import PROMPT_VERSIONS, load_prompt
 from mirage_ds.eval.relevance import JudgeModel, RelevanceJudge, parse_relevance
 from mirage_ds.eval.keywords.refusal import DEAD_KEYWORD, STRICT_DROPPED, VERSIONS, keyword_list
-
-# The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
-VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
 
 
 def _responses(name: str) -> tuple[list[str], list[str]]:
@@ -52,6 +49,7 @@ PINNED = {
 
 
 @pytest.mark.parametrize(("split", "version"), sorted(PINNED))
+@pytest.mark.usefixtures("vlguard")
 def test_keyword_judge_on_real_vlguard_refusals(split: str, version: str) -> None:
     refusals, answers = _responses(split)
     judge = KeywordJudge(version)
@@ -62,6 +60,7 @@ def test_keyword_judge_on_real_vlguard_refusals(split: str, version: str) -> Non
     assert false_alarms / len(answers) < 0.02
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_documented_misses_are_real_refusals() -> None:
     refusals, _ = _responses("train.json")
     judge = KeywordJudge("vlguard-v1")
@@ -193,8 +192,8 @@ def test_parse_relevance_follows_the_paper(answer: str, expected: bool | None) -
 
 
 def _protocol_quote() -> str:
-    """The single-shot judge's system prompt as quoted in paper-protocol.md, section 4."""
-    doc = (VLGUARD.parents[1] / "docs" / "paper-protocol.md").read_text()
+    """The single-shot judge's system prompt as quoted in docs/paper-protocol.md, section 4."""
+    doc = (REPO / "docs" / "paper-protocol.md").read_text()
     quoted = [line.strip()[2:] for line in doc.splitlines() if line.strip().startswith("> ")]
     return " ".join(quoted).replace("\\n", "\n").replace("\n ", "\n")
 

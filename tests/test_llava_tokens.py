@@ -149,12 +149,14 @@ def check_against_reference(turns: list[Turn], tokenizer, n_image: int, name: st
 # ---- tests --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_twenty_vlguard_conversations_equal_llava(tokenizer_and_image) -> None:
     tokenizer, n_image = tokenizer_and_image
     for turns in vlguard_pairs(20):
         check_against_reference(turns, tokenizer, n_image)
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_two_turn_conversation_equals_llava(tokenizer_and_image) -> None:
     tokenizer, n_image = tokenizer_and_image
     check_against_reference(vlguard_two_turns(), tokenizer, n_image)

@@ -1,6 +1,6 @@
 """The lmms-eval adapter, offline: lmms-eval's own task definitions over local data in their schemas.
 
-- The four task profiles ask the LLaVA-1.5 prompts (paper-protocol.md, section 4), read from lmms-eval's
+- The four task profiles ask the LLaVA-1.5 prompts (docs/paper-protocol.md, section 4), read from lmms-eval's
   task objects built from local task YAMLs.
 - ``mirage-ds utility`` scores the tiny model on local ``vqav2_val`` and ``scienceqa_img`` exactly as the
   built-in scorers (``eval/vqa.py``) score the tiny model's answers to the same items asked directly.

@@ -1,4 +1,4 @@
-"""``preset: official`` for NPO and RMU against numbers computed here with plain torch (paper-protocol.md, section 3).
+"""``preset: official`` for NPO and RMU against numbers computed with plain torch (docs/paper-protocol.md, section 3).
 
 NPO's official code reads the HF Trainer's loss ``l`` (token-mean cross-entropy over every answer token of
 the batch: one number per batch) as the log-likelihood, and adds ``+(2/beta) log sigmoid(beta (l - l_ref))``

@@ -1,4 +1,4 @@
-"""The paper's four cases from the command line (paper-protocol.md, section 4), on the real VLGuard test
+"""The paper's four cases from the command line (docs/paper-protocol.md, section 4), on the real VLGuard test
 files, with an images directory written here; degenerate outputs; no silent fallback to synthetic data."""
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def _eos_model(tiny_path: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow  # 3,440 generations: ~50 s alone on 2 CPU cores, ~90 s beside other work
+@pytest.mark.usefixtures("vlguard")
 def test_four_cases_from_the_cli(tiny_path: Path, tmp_path: Path) -> None:
     images = _images_dir(tmp_path / "images")
     out = tmp_path / "eval"
@@ -101,6 +102,7 @@ def test_four_cases_from_the_cli(tiny_path: Path, tmp_path: Path) -> None:
     print(f"four cases, {result['counts']['prompts']} generations of <= 4 tokens: {seconds:.1f} s")
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_a_missing_image_names_the_record_and_the_path(tiny_path: Path, tmp_path: Path) -> None:
     images = _images_dir(tmp_path / "images")
     missing = json.loads((VLGUARD / "test.json").read_text())[1]["image"]
@@ -111,6 +113,7 @@ def test_a_missing_image_names_the_record_and_the_path(tiny_path: Path, tmp_path
     assert len(lines) == 1 and "record 1 (id " in lines[0] and str(images / missing) in lines[0], proc.stderr
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_placeholder_images_are_counted_and_warned(tiny_path: Path, tmp_path: Path) -> None:
     proc = _mirage("eval", "--model", tiny_path, "--vlguard", VLGUARD, "--placeholder-images", "--limit", "2",
                    "--max-new-tokens", "2", "--out", tmp_path / "e")
@@ -128,7 +131,7 @@ def test_every_shot_is_judged_against_its_own_question(hub_path: Path, tiny_path
     What 3-shot file: the cache records what the judge was shown, shot by shot."""
     out = tmp_path / "eval"
     proc = _mirage("eval", "--model", tiny_path, "--vlguard", VLGUARD, "--placeholder-images", "--limit", "3",
-                   "--max-new-tokens", "4", "--out", out, "--judge-model", hub_path, "--judge-max-new-tokens", "4",
+                   "--max-new-tokens", "4", "--out", out, "--judge", f"model:{hub_path}", "--judge-max-new-tokens", "4",
                    "--judge-batch-size", "4", "--judge-prompt-after", "paper-3shot-v1", "--sample", "1000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
@@ -161,6 +164,7 @@ def test_every_shot_is_judged_against_its_own_question(hub_path: Path, tiny_path
 
 
 @pytest.mark.slow  # three CLI processes and a fresh MLflow store: ~70 s on 2 busy CPU cores
+@pytest.mark.usefixtures("vlguard")
 def test_empty_outputs_are_degenerate_and_compare_marks_them(tiny_path: Path, tmp_path: Path) -> None:
     from mirage_ds.tracking.mlflow_run import MlflowTracker
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from conftest import VLGUARD
 from mirage_ds.data.converters import ShardOptions
 from mirage_ds.data.images import placeholder_png
 from mirage_ds.data.schema import DataError, Record, Turn, first_word
@@ -17,10 +17,8 @@ from mirage_ds.data.writer import write_shards
 from mirage_ds.eval.attacks.grammar import parse_query
 from mirage_ds.eval.shortcut import FirstWordTable, first_word_table, labelled_queries, shortcut_score
 
-# The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it.
-VLGUARD = Path(os.environ.get("MIRAGE_VLGUARD", Path(__file__).resolve().parents[2] / "shared" / "data" / "vlguard"))
 
-
+@pytest.mark.usefixtures("vlguard")
 def test_vlguard_train_shortcut_matches_the_paper() -> None:
     by_subset = first_word_table(VLGUARD / "train.json", by="subset")
     assert by_subset.total("safe_safes") == 977 and by_subset.top("safe_safes", 1) == [("what", 869)]
@@ -32,6 +30,7 @@ def test_vlguard_train_shortcut_matches_the_paper() -> None:
     assert by_label.total("unsafe") == 977 + 1023 and by_label.counts["unsafe"]["can"] == 862
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_kshot_files_start_with_their_target_word() -> None:
     what = first_word_table(VLGUARD / "test_what_3shot.json")
     assert dict(what.counts["unsafe"]) == {"what": 1326}
@@ -87,6 +86,7 @@ def test_shard_directory_is_read_through_the_shard_reader(tmp_path: Path) -> Non
         labelled_queries(tmp_path)
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_outputs_table_dict_and_figure(tmp_path: Path) -> None:
     table = first_word_table(VLGUARD / "train.json", by="subset")
     text = table.table(3)

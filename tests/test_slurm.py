@@ -1,8 +1,9 @@
 """Sweeps through a real Slurm: `slurm/submit` -> job array -> `slurm/sweep.sh` -> DeepSpeed.
 
-The single-node cluster of design.md, plus a two-node one on this machine for the `srun` path. Each node
-runs one rank (MIRAGE_RANKS_PER_NODE=1): two ranks on one node are covered by test_distributed; here the
-subject is the array, the per-task outputs, multi-node launch and preemption through Slurm.
+The single-node cluster of docs/architecture.md ("The test Slurm cluster"), plus a two-node one on this
+machine for the `srun` path. Each node runs one rank (MIRAGE_RANKS_PER_NODE=1): two ranks on one node are
+covered by test_distributed; here the subject is the array, the per-task outputs, multi-node launch and
+preemption through Slurm.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ def _check_mask(encoded, tokenizer, n_image: int) -> None:
     assert sum(1 for i in trained if encoded.input_ids[i] == tokenizer.eos_token_id) == 2
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_masked_template_on_real_vlguard_conversation(tiny_bundle) -> None:
     turns = _two_turns()
     tok = tiny_bundle.tokenizer

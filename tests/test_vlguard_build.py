@@ -1,4 +1,4 @@
-"""Building the paper's forget / retain sets (paper-protocol.md, section 2) through ``mirage-ds data``.
+"""Building the paper's forget / retain sets (docs/paper-protocol.md, section 2) through ``mirage-ds data``.
 
 ``data build vlguard --subset`` on the real train.json with image files the test writes; the retain
 top-up from another shard set; ``data harmful-responses`` end to end on the hub-layout stand-in.
@@ -27,7 +27,7 @@ TRAIN = VLGUARD / "train.json"
 
 
 @pytest.fixture(scope="module")
-def train_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train_images(tmp_path_factory: pytest.TempPathFactory, vlguard: Path) -> Path:
     """A 2x2 image file for every image train.json names, coloured by its index."""
     root = tmp_path_factory.mktemp("vlguard-images")
     for i, entry in enumerate(json.loads(TRAIN.read_text())):
@@ -52,12 +52,14 @@ def test_subsets_of_train_json(tmp_path: Path, train_images: Path, subset: str, 
     assert {r.safe for r, _ in samples} == {subset == "safe_safes"}
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_subsets_repeat_and_keep_file_order(tmp_path: Path) -> None:
     assert build(TRAIN, "--subset", "safe_unsafes", "--subset", "unsafes", "--out", tmp_path / "two") == 0
     records = read_records(tmp_path / "two")
     assert Counter(r.subset for r in records) == {"unsafes": 1023, "safe_unsafes": 977}
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_retain_set_from_a_file_split_by_subset(tmp_path: Path) -> None:
     """Safe images that keep only their safe_instruction pair (a user's split of train.json) are accepted."""
     entries = json.loads(TRAIN.read_text())
@@ -76,6 +78,7 @@ def _llava_pool(tmp_path: Path, n: int) -> Path:
     return tmp_path / "pool"
 
 
+@pytest.mark.usefixtures("vlguard")
 def test_retain_top_up_is_seeded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pool = _llava_pool(tmp_path, 40)
     entries = json.loads(TRAIN.read_text())
@@ -148,7 +151,7 @@ def test_harmful_responses_end_to_end_on_the_hub_standin(tmp_path: Path, hub_pat
     assert build(tmp_path / "some.json", "--subset", "unsafes", "--out", tmp_path / "unsafes", "--min-shards", 1) == 0
     k = 3
     argv = ["data", "harmful-responses", str(tmp_path / "unsafes"), "--model", str(hub_path), "--candidates", str(k),
-            "--seed", "5", "--max-new-tokens", "6", "--batch-size", "2", "--min-shards", "1"]
+            "--seed", "5", "--max-new-tokens", "6", "--batch-size", "2", "--min-shards", "1", "--dtype", "fp32"]
     assert main([*argv, "--judge", f"model:{hub_path}", "--out", str(tmp_path / "forget")]) == 0
     sources = read_samples(tmp_path / "unsafes")
     written = read_samples(tmp_path / "forget")

@@ -1,7 +1,7 @@
 """Top a set of samples up to N with a seeded random draw from other shard directories.
 
 The paper's retain set is VLGuard's 977 safe instructions topped up to 2,000 with random LLaVA-665k samples
-(paper-protocol.md, section 2): ``data build vlguard --subset safe_safes --role retain --top-up DIR --to 2000
+(docs/paper-protocol.md, section 2): ``data build vlguard --subset safe_safes --role retain --top-up DIR --to 2000
 --seed 42`` draws from any instruction shard set (``data build llava`` output, for one).
 """
 

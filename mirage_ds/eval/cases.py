@@ -2,7 +2,7 @@
 
 Two sources, never pooled across subsets:
 
-- ``paper_cases``: the paper's four cases from a VLGuard directory (paper-protocol.md, section 4).
+- ``paper_cases``: the paper's four cases from a VLGuard directory (docs/paper-protocol.md, section 4).
   ``unsafes``: ASR before on ``test.json`` (442) and after on ``test_what_3shot.json`` (442 x 3, per shot
   and any-of-3); ``safe_safes``: RR before on ``test.json`` (558) and after on ``test_share_1shot.json``
   (556); ``safe_unsafes`` (safe image, unsafe instruction): ASR before only, its own row.

@@ -1,4 +1,4 @@
-"""The paper's forget set: a model's most harmful answer to each unsafe query (paper-protocol.md, section 2).
+"""The paper's forget set: a model's most harmful answer to each unsafe query (docs/paper-protocol.md, section 2).
 
 VLGuard holds only refusals, so NPO on its unsafe entries as they stand unlearns refusals. The paper has
 the base models answer the unsafe training queries, lets a judge pick the most harmful answer per image

@@ -2,7 +2,7 @@
 
 lmms-eval picks a task's prompt settings (``lmms_eval_specific_kwargs``) by model name and falls back to
 the task's ``default``; a profile pins the prompt that LLaVA-1.5's evaluation scripts use
-(paper-protocol.md, section 4) under our plugin's name, so an upstream change of a default cannot move the
+(docs/paper-protocol.md, section 4) under our plugin's name, so an upstream change of a default cannot move the
 number. A profile changes the prompt only: data, splits, decoding and scoring stay the task's own, from
 its YAML (or from a local YAML that replaces it, see ``eval/lmms.py``).
 

@@ -38,7 +38,7 @@ def _fill_from_preset(data: Any, presets: dict[str, dict[str, Any]], default: st
 
 # NPO presets fill ``logp`` and ``beta`` where the recipe leaves them out: beta is tuned for one
 # log-probability convention and is wrong for the other (see losses/npo.py). ``official`` is the
-# official Safety Mirage code exactly (paper-protocol.md, section 3): the batch's token-mean loss as
+# official Safety Mirage code exactly (docs/paper-protocol.md, section 3): the batch's token-mean loss as
 # log-likelihood, and its retain-NPO term on a second retain draw.
 NPO_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"logp": "mean", "beta": 0.9},
@@ -68,7 +68,7 @@ class NPOConfig(_LossSection):
 
 
 # RMU presets fill the token mask and the norm. ``official``: the official code's plain MSE over every
-# position of the batch, the image tokens and the padding included (paper-protocol.md, section 3).
+# position of the batch, the image tokens and the padding included (docs/paper-protocol.md, section 3).
 RMU_PRESETS: dict[str, dict[str, Any]] = {
     "default": {"norm": "mean", "token_mask": "answer"},
     "official": {"norm": "mean", "token_mask": "all_positions"},

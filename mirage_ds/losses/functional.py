@@ -78,7 +78,7 @@ def sequence_logp(logits: torch.Tensor, labels: torch.Tensor, reduction: LogpRed
     log-probs (NPO as in Zhang et al. 2024, open-unlearning); ``mean`` averages them per sequence;
     ``batch_mean`` averages over every answer token of the batch and gives one value for the whole batch:
     minus the HF Trainer's token-mean loss, which is what the official Safety Mirage NPO reads
-    (paper-protocol.md, section 3; with one sequence per batch it equals ``mean``). A sequence (or batch)
+    (docs/paper-protocol.md, section 3; with one sequence per batch it equals ``mean``). A sequence (or batch)
     without answer tokens gets 0 (not NaN).
     """
     if reduction not in ("sum", "mean", "batch_mean"):
