@@ -30,11 +30,11 @@ import torch.distributed as dist
 
 from mirage_ds.data.corpus import ensure_synthetic
 from mirage_ds.data.shards import read_samples
-from mirage_ds.data.synthetic_spec import SyntheticSpec
 from mirage_ds.eval.cases import rule_cases
 from mirage_ds.eval.generation import Generator, Prompt, load_for_eval
 from mirage_ds.eval.judges import Exchange
 from mirage_ds.eval.sharding import generate_across, join_ranks
+from mirage_ds.specs.synthetic import SyntheticSpec
 
 
 def _device(local_rank: int) -> str:

@@ -37,11 +37,11 @@ from mirage_ds.data.template import Template
 from mirage_ds.engine.loop import restrict_trainable
 from mirage_ds.engine.reference import Reference
 from mirage_ds.losses.base import LossContext, model_inputs
-from mirage_ds.losses.configs import NPOConfig, RMUConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.rmu import RMULoss
 from mirage_ds.models.hooks import hooked_forward
 from mirage_ds.models.loading import build_model, load_model, resolve_model_path
+from mirage_ds.specs.losses import NPOConfig, RMUConfig
 
 
 def spec(layers: int, hidden: int) -> TinyModelSpec:

@@ -26,9 +26,10 @@ from mirage_ds.data.images import load_image_bytes
 from mirage_ds.data.preprocess import Preprocessor, expand_to_square
 from mirage_ds.data.schema import Record, Turn
 from mirage_ds.data.streamer import Batches, ShardStream, collate_padded
-from mirage_ds.data.template import IGNORE_INDEX, SYSTEM_PROMPTS, Template
+from mirage_ds.data.template import IGNORE_INDEX, Template
 from mirage_ds.data.writer import write_shards
 from mirage_ds.models.loading import build_model
+from mirage_ds.specs.system_prompts import SYSTEM_PROMPTS
 
 
 def build_inputs(root: Path, n: int) -> tuple[Path, Path]:

@@ -1,4 +1,5 @@
-"""The one training entry: ``deepspeed launcher/run.py --recipe NAME [--paper-scale] [dotted.key=value ...]``.
+"""The one training entry: ``deepspeed launcher/run.py --recipe NAME [--paper-scale] [dotted.key=value ...]``
+(an override may also be given as ``--set dotted.key=value``, as on every ``mirage-ds`` command that takes them).
 
 ``--paper-scale`` applies the recipe's ``paper_scale`` overrides (the paper's LLaVA-1.5-7B settings) before
 the command line's, and requires the inputs that block names (``mirage-ds recipes NAME --paper-scale``).
@@ -25,13 +26,14 @@ from mirage_ds.engine.stop import StopSignal  # noqa: E402  (light: installed be
 def main(argv: list[str] | None = None) -> int:
     stop = StopSignal()  # before anything slow: a preemption signal during start-up must not kill the rank
     from mirage_ds.cli.errors import report_user_error, user_error_types
+    from mirage_ds.cli.options import add_override_arguments
     from mirage_ds.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", required=True, help="recipe name in recipes/ or a path to a YAML file")
     parser.add_argument("--paper-scale", action="store_true", help="apply the recipe's paper-scale overrides first")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
+    add_override_arguments(parser, "dotted config key=value, e.g. optim.lr=1e-3 (the value read as YAML)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # DeepSpeed calls torch.distributed collectives that torch marks deprecated, once per bucket per step.

@@ -2,7 +2,7 @@
 
 A recipe is ``recipes/NAME.yaml``; it may ``inherit`` another recipe (deep merge, the child wins).
 Command-line overrides are dotted ``key=value`` pairs, values parsed as YAML (a scalar, or a mapping that
-sets a whole section). Loss sections are defined in ``losses/configs.py``; nothing here imports torch.
+sets a whole section). Loss sections are defined in ``specs/losses.py``; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mirage_ds.data.synthetic_spec import SyntheticSpec
-from mirage_ds.losses.configs import LOSS_CONFIGS, LossConfig
+from mirage_ds.specs.losses import LOSS_CONFIGS, LossConfig
+from mirage_ds.specs.synthetic import SyntheticSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
@@ -168,7 +168,7 @@ class TrainConfig(Section):
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
-    loss: LossConfig  # the class is picked by ``loss.name`` (losses/configs.py)
+    loss: LossConfig  # the class is picked by ``loss.name`` (specs/losses.py)
 
     @model_validator(mode="after")
     def _lora_targets(self) -> TrainConfig:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from mirage_ds.config import REPO_ROOT, ConfigError, load_config
+from mirage_ds.specs.synthetic import SyntheticSpec
 
 # (row name, recipe stem, overrides for the embedded world): the recipe is ``<stem>_<variant>``. The
 # overrides size each run for the pretrained embedded base (the recipes' own defaults are smoke-sized).
@@ -273,8 +274,6 @@ class Sweep:
 def parse_sweep(text: str) -> Sweep:
     """``KEY=V1,V2,...``; a bare corpus knob (``what_rate``, ``can_rate``, any ``data.synthetic`` field) stands
     for ``data.synthetic.<knob>``."""
-    from mirage_ds.data.synthetic_spec import SyntheticSpec
-
     key, _, raw = text.partition("=")
     values = tuple(value.strip() for value in raw.split(",") if value.strip())
     if not key or not values:

@@ -56,7 +56,7 @@ def tiny_bundle(tiny_path: Path):
 @pytest.fixture(scope="session")
 def synthetic_corpus() -> Path:
     from mirage_ds.data.corpus import ensure_synthetic
-    from mirage_ds.data.synthetic import SyntheticSpec
+    from mirage_ds.specs.synthetic import SyntheticSpec
 
     return ensure_synthetic(SyntheticSpec())
 

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import VLGUARD
 from mirage_ds.data.schema import DataError, Record, Turn
-from mirage_ds.eval.attacks.grammar import embedded_clause, parse_query
 from mirage_ds.eval.attacks.kshot import load_kshot
 from mirage_ds.eval.attacks.query import attack_queries
-from mirage_ds.eval.attacks.rewrite import OneWordRewriter
+from mirage_ds.specs.grammar import embedded_clause, parse_query
+from mirage_ds.specs.rewrite import OneWordRewriter
 
 
 def _test_split() -> list[dict]:
@@ -109,7 +109,7 @@ def test_grammar_reads_the_three_forms() -> None:
     assert parse_query("Could you please explain how to make it?").kind == "howto"
     assert parse_query("Please provide the address.").verb == "provide"
     assert parse_query("Based on the image, what is shown?").kind == "question"
-    # The first word is schema.first_word: "N/A" (a VLGuard instruction) and a contraction read as questions.
+    # The first word is specs.grammar.first_word: "N/A" (a VLGuard instruction) and a contraction read as questions.
     assert parse_query("N/A").kind == "question"
     assert parse_query("What's the man holding?").first == "what's"
     coordinated = parse_query("Describe the injuries and speculate about the cause.")

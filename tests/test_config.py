@@ -12,8 +12,8 @@ from conftest import REPO
 from mirage_ds.config import RECIPES_DIR, ConfigError, list_recipes, load_config, save_config
 from mirage_ds.engine.ds_config import build_ds_config
 from mirage_ds.engine.preflight import check_against_model
-from mirage_ds.losses.configs import LOSS_CONFIGS, NPOConfig, RMUConfig
 from mirage_ds.losses.registry import REGISTRY
+from mirage_ds.specs.losses import LOSS_CONFIGS, NPOConfig, RMUConfig
 
 
 @pytest.mark.parametrize("name", list_recipes())

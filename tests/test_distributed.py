@@ -97,7 +97,7 @@ def test_lora_export_carries_the_base_files_and_merges_into_the_base_layout(lora
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "generation_config.json"):
         assert (export / name).read_bytes() == (tiny_path / name).read_bytes(), name
     assert not (export / "config.json").exists(), "an adapter directory is not a model"
-    assert main(["export", "--merge", str(lora_run)]) == 0
+    assert main(["export", str(lora_run), "--merge"]) == 0
     assert_source_layout(lora_run / "export-merged", tiny_path)
     merged = LlavaForConditionalGeneration.from_pretrained(lora_run / "export-merged", local_files_only=True).eval()
     base = LlavaForConditionalGeneration.from_pretrained(tiny_path, local_files_only=True)

@@ -39,7 +39,7 @@ def _short_entries(safe: bool, n: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def vlguard_shards(tmp_path_factory) -> dict[str, Path]:
+def vlguard_shards(tmp_path_factory, vlguard: Path) -> dict[str, Path]:
     """train / forget / retain shard directories of real VLGuard text with placeholder images."""
     from mirage_ds.data.converters import ShardOptions
     from mirage_ds.data.vlguard import convert_vlguard
@@ -163,7 +163,7 @@ def test_merged_lora_export_is_base_plus_adapter_in_the_source_layout(runs, hub_
     from mirage_ds.cli.main import main
 
     run_dir = runs("npo_lora").out
-    assert main(["export", "--merge", str(run_dir)]) == 0
+    assert main(["export", str(run_dir), "--merge"]) == 0
     merged = run_dir / "export-merged"
     assert_source_layout(merged, hub_path)
     # The merge is W + (alpha / r) B A, computed in fp32 and stored in the source's fp16.
@@ -182,7 +182,7 @@ def test_merged_lora_export_is_base_plus_adapter_in_the_source_layout(runs, hub_
     assert isinstance(_generate_with_hf(merged), str)
     # A full fine-tuning run has nothing to merge: one line, exit 2.
     capsys.readouterr()
-    assert main(["export", "--merge", str(runs("npo_full").out)]) == 2
+    assert main(["export", str(runs("npo_full").out), "--merge"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no LoRA adapter" in err
 

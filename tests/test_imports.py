@@ -1,10 +1,16 @@
-"""The package's import graph has no cycle: read with ``ast`` from the source, nothing is imported.
+"""The package's import graphs have no cycle: read with ``ast`` from the source, nothing is imported.
 
-Every import statement counts, including those inside functions: a deferred import hides a cycle from
-the interpreter but not from a reader, and it still drags its target in (config -> losses -> torch).
-Only ``if TYPE_CHECKING:`` blocks, which never run, are left out, and so are edges to a module's own
-parent packages (Python has started loading those before the module).
-Run by hand: ``python tests/test_imports.py`` prints the cycle or "no import cycle".
+Two graphs are checked:
+
+- modules: every import statement counts, including those inside functions: a deferred import hides a
+  cycle from the interpreter but not from a reader, and it still drags its target in (config -> losses ->
+  torch). Only ``if TYPE_CHECKING:`` blocks, which never run, are left out.
+- packages (a first-level subpackage of ``mirage_ds``, e.g. ``mirage_ds.data``, or a top-level module such
+  as ``mirage_ds.config``): the module edges plus those under ``if TYPE_CHECKING:``, since a type-only
+  import still ties one layer to another. A package's imports of itself are left out.
+
+Edges to a module's own parent packages are left out of both (Python has started loading those before
+the module). Run by hand: ``python tests/test_imports.py`` prints both results and exits 1 on a cycle.
 """
 
 from __future__ import annotations
@@ -21,15 +27,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement in the module except those under ``if TYPE_CHECKING:``."""
+def _imports(tree: ast.Module, type_checking: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement in the module; those under ``if TYPE_CHECKING:`` only if ``type_checking``."""
     found: list[ast.Import | ast.ImportFrom] = []
     pending: list[ast.AST] = [tree]
     while pending:
         node = pending.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             found.append(node)
-        elif isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        elif (not type_checking and isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+              and node.test.id == "TYPE_CHECKING"):
             pending.extend(node.orelse)
         else:
             pending.extend(ast.iter_child_nodes(node))
@@ -55,55 +62,110 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, m
     return loaded & modules
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports."""
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
+    """module -> the package modules it imports (with ``if TYPE_CHECKING:`` imports if ``type_checking``)."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for module, path in files.items():
         is_package = path.name == "__init__.py"
         edges: set[str] = set()
-        for node in _imports(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path)), type_checking):
             edges |= _targets(node, module, is_package, set(files))
         parts = module.split(".")
         graph[module] = edges - {".".join(parts[: i + 1]) for i in range(len(parts))}
     return graph
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One cycle as [a, b, ..., a], or None (depth-first search, white/grey/black)."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
+def package_of(module: str) -> str:
+    """``mirage_ds.data.schema`` -> ``mirage_ds.data``; ``mirage_ds.config`` -> itself."""
+    return ".".join(module.split(".")[:2])
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
+
+def package_graph() -> dict[str, set[str]]:
+    """package -> the other packages its modules import, type-only imports included."""
+    graph: dict[str, set[str]] = {}
+    for module, edges in import_graph(type_checking=True).items():
+        package = package_of(module)
+        graph.setdefault(package, set()).update(package_of(target) for target in edges)
+    return {package: edges - {package} for package, edges in graph.items()}
+
+
+def _cycle_within(graph: dict[str, set[str]], nodes: set[str]) -> list[str]:
+    """One cycle [a, b, ..., a] through the strongly connected ``nodes`` (depth-first, from the first)."""
+    start = min(nodes)
+    path, seen = [start], {start}
+    while True:
+        options = sorted(graph[path[-1]] & nodes)
+        if start in options:
+            return path + [start]
+        step = next((n for n in options if n not in seen), None)
+        if step is None:  # dead end inside the set: back up (every node still reaches start)
+            path.pop()
+            continue
+        seen.add(step)
+        path.append(step)
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[tuple[list[str], list[str]]]:
+    """(one cycle, all members) for each strongly connected set of more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    sets: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
         stack.append(node)
         for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        stack.pop()
-        state[node] = 2
-        return None
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            members = set()
+            while not members or member != node:
+                member = stack.pop()
+                members.add(member)
+            if len(members) > 1:
+                sets.append(members)
 
     for start in sorted(graph):
-        if start not in state and (cycle := visit(start)):
-            return cycle
-    return None
+        if start not in index:
+            visit(start)
+    return sorted((_cycle_within(graph, members), sorted(members)) for members in sets)
+
+
+def describe(kind: str, cycles: list[tuple[list[str], list[str]]]) -> str:
+    """``no KIND cycle``, or one line per strongly connected set: a cycle, then every member."""
+    if not cycles:
+        return f"no {kind} cycle"
+    return "\n".join(f"{kind} cycle: {' -> '.join(cycle)} (strongly connected: {', '.join(members)})"
+                     for cycle, members in cycles)
 
 
 def test_graph_sees_the_package() -> None:
     graph = import_graph()
     assert "mirage_ds.engine.loop" in graph
     assert "mirage_ds.losses.functional" in graph["mirage_ds.losses.npo"]
+    packages = package_graph()
+    assert {"mirage_ds.config", "mirage_ds.data", "mirage_ds.eval", "mirage_ds.cli"} <= set(packages)
+    assert "mirage_ds.config" in packages["mirage_ds.engine"]
+    assert "mirage_ds.engine" not in packages["mirage_ds.engine"]
 
 
-def test_no_import_cycle() -> None:
-    cycle = find_cycle(import_graph())
-    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+def test_no_module_cycle() -> None:
+    cycles = find_cycles(import_graph())
+    assert not cycles, describe("module", cycles)
+
+
+def test_no_package_cycle() -> None:
+    cycles = find_cycles(package_graph())
+    assert not cycles, describe("package", cycles)
 
 
 if __name__ == "__main__":
-    cycle = find_cycle(import_graph())
-    print("import cycle: " + " -> ".join(cycle) if cycle else "no import cycle")
-    sys.exit(1 if cycle else 0)
+    modules, packages = find_cycles(import_graph()), find_cycles(package_graph())
+    print(describe("module", modules))
+    print(describe("package", packages))
+    sys.exit(1 if modules or packages else 0)

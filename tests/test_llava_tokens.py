@@ -19,8 +19,9 @@ from transformers import AutoConfig, AutoProcessor, AutoTokenizer, LlavaProcesso
 
 from mirage_ds.data.preprocess import Preprocessor, expand_to_square
 from mirage_ds.data.schema import Turn
-from mirage_ds.data.template import IGNORE_INDEX, SYSTEM_PROMPTS, Template
+from mirage_ds.data.template import IGNORE_INDEX, Template
 from mirage_ds.models.loading import image_token_count
+from mirage_ds.specs.system_prompts import SYSTEM_PROMPTS
 
 from conftest import VLGUARD
 from hub_standin import metaspace_tokenizer

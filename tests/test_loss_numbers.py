@@ -15,9 +15,9 @@ import torch
 from loss_batches import policy_and_reference, text_batch
 from mirage_ds.config import ModelConfig
 from mirage_ds.losses.base import LossContext, model_inputs
-from mirage_ds.losses.configs import NPOConfig, RMUConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.rmu import RMULoss
+from mirage_ds.specs.losses import NPOConfig, RMUConfig
 
 FORGET = [("How do I pick a lock to break into a house?", "First insert a tension wrench, then rake the pins."),
           ("Write a threatening message.", "You will regret this.")]

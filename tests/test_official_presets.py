@@ -20,10 +20,10 @@ from mirage_ds.config import ModelConfig, load_config
 from mirage_ds.data.corpus import resolve_streams
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import LossContext, model_inputs
-from mirage_ds.losses.configs import NPOConfig, RMUConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.losses.rmu import RMULoss
+from mirage_ds.specs.losses import NPOConfig, RMUConfig
 
 PAIRS = {
     "forget": [("How do I pick a lock to break into a house?", "First insert a tension wrench, then rake the pins."),

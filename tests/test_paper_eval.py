@@ -121,6 +121,7 @@ def test_placeholder_images_are_counted_and_warned(tiny_path: Path, tmp_path: Pa
     assert "warning: 14 of 14 prompts use placeholder images" in proc.stderr
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert result["counts"]["placeholder_images"] == 14
+    assert result["generation"]["dtype"] == "fp32"  # --dtype auto: the tiny checkpoint's own, and fp32 on CPU
     assert result["subsets"]["unsafes"]["counts"]["placeholder_images"] == 2 + 2 * 3
     no_images = _mirage("eval", "--model", tiny_path, "--vlguard", VLGUARD, "--out", tmp_path / "f")
     assert no_images.returncode == 2 and "--images DIR" in no_images.stderr
@@ -198,6 +199,7 @@ def test_empty_outputs_are_degenerate_and_compare_marks_them(tiny_path: Path, tm
     logged = MlflowClient(tracking_uri=uri).get_run(run_id).data
     assert logged.metrics["eval/unsafes/asr_before_degenerate"] == 1.0
     assert logged.params["eval.protocol"] == "vlguard-kshot" and logged.params["eval.template"] == "llava_v1"
+    assert logged.params["eval.dtype"] == "fp32"
     assert logged.params["eval.judge_model"].startswith("none")
 
 

@@ -10,12 +10,12 @@ import pytest
 from conftest import VLGUARD
 from mirage_ds.data.converters import ShardOptions
 from mirage_ds.data.images import placeholder_png
-from mirage_ds.data.schema import DataError, Record, Turn, first_word
+from mirage_ds.data.schema import DataError, Record, Turn
 from mirage_ds.data.shards import read_samples
 from mirage_ds.data.vlguard import convert_vlguard
 from mirage_ds.data.writer import write_shards
-from mirage_ds.eval.attacks.grammar import parse_query
 from mirage_ds.eval.shortcut import FirstWordTable, first_word_table, labelled_queries, shortcut_score
+from mirage_ds.specs.grammar import first_word, parse_query
 
 
 @pytest.mark.usefixtures("vlguard")

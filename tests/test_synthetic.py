@@ -12,8 +12,9 @@ import webdataset as wds
 from pydantic import ValidationError
 
 from mirage_ds.data.schema import DataError, Record, decode_record
-from mirage_ds.data.synthetic import DIRS, GENERIC_REFUSALS, SyntheticSpec, build_synthetic, opening, read_synthetic_spec
+from mirage_ds.data.synthetic import DIRS, GENERIC_REFUSALS, build_synthetic, opening, read_synthetic_spec
 from mirage_ds.data.writer import read_manifest
+from mirage_ds.specs.synthetic import SyntheticSpec
 
 SMALL = SyntheticSpec(
     n_safe_images=40, n_unsafe_images=30, n_retain=60, n_eval_safe_images=10, n_eval_unsafe_images=12, n_utility=20,

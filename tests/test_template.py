@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from mirage_ds.data.schema import SampleError, Turn
-from mirage_ds.data.template import IGNORE_INDEX, SYSTEM_PROMPTS, Template, render_masked
+from mirage_ds.data.template import IGNORE_INDEX, Template, render_masked
+from mirage_ds.specs.system_prompts import SYSTEM_PROMPTS
 
 from conftest import VLGUARD
 

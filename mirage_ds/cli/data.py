@@ -14,29 +14,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from mirage_ds.cli.options import (JUDGE_SYNTAX, add_judge_argument, add_model_arguments, add_override_arguments,
+                                   add_template_argument, judge_choice)
+from mirage_ds.config import apply_overrides
 from mirage_ds.data.converters import ShardOptions
 from mirage_ds.data.llava import convert_llava
 from mirage_ds.data.schema import DataError
 from mirage_ds.data.spavl import convert_spavl
-from mirage_ds.data.synthetic import DIRS, SyntheticSpec, build_synthetic
+from mirage_ds.data.synthetic import DIRS, build_synthetic
+from mirage_ds.data.template import EVAL_TEMPLATE
 from mirage_ds.data.topup import TopUp
 from mirage_ds.data.vlguard import convert_vlguard, subsets_named
 from mirage_ds.data.writer import Manifest, read_manifest, write_shards
+from mirage_ds.specs.synthetic import SyntheticSpec
+
+# A recipe holds the corpus spec under this key; `data build synthetic` takes the same keys.
+SPEC_PREFIX = "data.synthetic."
+
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``data build <source>`` to ``subparsers`` (the object ``add_subparsers()`` returned)."""
     data = subparsers.add_parser("data", help="build and inspect shard directories")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND",
+                                        help="build (a shard directory from a source) or harmful-responses")
     build = data_commands.add_parser("build", help="build a shard directory from a source")
-    sources = build.add_subparsers(dest="source", required=True)
+    sources = build.add_subparsers(dest="source", required=True, metavar="SOURCE",
+                                   help="what to build from; `mirage-ds data build SOURCE --help` for its options")
 
     synthetic = sources.add_parser("synthetic", help="the embedded synthetic safety corpus (sft/ forget/ retain/ eval/ utility/)")
-    synthetic.add_argument("--seed", type=int, help="override spec.seed")
-    synthetic.add_argument("--image-size", type=int, help="override spec.image_size")
-    synthetic.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any SyntheticSpec field (repeatable)")
+    add_override_arguments(synthetic, f"the corpus keys of a recipe, {SPEC_PREFIX}<field>, e.g. {SPEC_PREFIX}what_rate=0.5 "
+                                      f"(fields: {', '.join(SyntheticSpec.model_fields)})")
+    synthetic.add_argument("--seed", type=int, help=f"the same as {SPEC_PREFIX}seed=N")
+    synthetic.add_argument("--image-size", type=int, help=f"the same as {SPEC_PREFIX}image_size=N")
 
     for name, help_text in (
         ("vlguard", "VLGuard train.json / test.json"),
@@ -46,13 +57,15 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
         parser = sources.add_parser(name, help=help_text)
         parser.add_argument("input", type=Path, help="the source file")
         parser.add_argument("--images", type=Path, help="image root; without it images are generated placeholders")
-        parser.add_argument("--placeholder-size", type=int, default=ShardOptions.placeholder_size)
+        parser.add_argument("--placeholder-size", type=int, default=ShardOptions.placeholder_size,
+                            help=f"side in pixels of a generated placeholder image (default {ShardOptions.placeholder_size})")
         if name == "spavl":
             parser.add_argument(
                 "--chosen-role", choices=("retain", "sft"), default="retain", help="role of the chosen answer (rejected -> forget)"
             )
         else:
-            parser.add_argument("--role", choices=("sft", "forget", "retain"), default="sft")
+            parser.add_argument("--role", choices=("sft", "forget", "retain"), default="sft",
+                                help="the role every record gets: the stream it trains in (default sft)")
     vlguard = sources.choices["vlguard"]
     vlguard.add_argument("--subset", action="append", default=[], metavar="NAME",
                          help="unsafes | safe_safes | safe_unsafes (repeatable; default: all three)")
@@ -77,18 +90,18 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
                          help="shard directories of the queries (data build vlguard --subset unsafes)")
     harmful.add_argument("--model", type=Path, required=True,
                          help="the answering model (an HF LLaVA checkpoint or a run's export)")
-    harmful.add_argument("--judge", default="keyword",
-                         help="keyword[:VERSION] (a refusal scores 0, anything else 1) or model:PATH "
-                              "(a local HF model's probability of 'Yes, harmful'); default keyword")
+    add_judge_argument(harmful, "the one judge that scores the candidates: keyword[:VERSION] (default; a refusal "
+                                "scores 0, anything else 1) or model:PATH (a local HF model's probability of "
+                                "'Yes, harmful')")
     harmful.add_argument("--candidates", type=int, default=4, metavar="K", help="answers per query (default 4)")
     harmful.add_argument("--seed", type=int, default=0, help="seed of the sampled candidates (pass k uses seed + k)")
-    harmful.add_argument("--temperature", type=float, default=1.0)
-    harmful.add_argument("--top-p", type=float, default=0.9)
-    harmful.add_argument("--max-new-tokens", type=int, default=256)
+    harmful.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of candidates 1..K-1 (default 1.0)")
+    harmful.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling of candidates 1..K-1 (default 0.9)")
+    harmful.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer (default 256, as the paper's evaluation)")
     harmful.add_argument("--batch-size", type=int, default=16, help="generation and judge batch size")
-    harmful.add_argument("--template", default="llava_v1", help="system prompt of the answering model's template")
-    harmful.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    harmful.add_argument("--device", help="default: cuda when available, else cpu")
+    add_template_argument(harmful, EVAL_TEMPLATE, "the model answers as `mirage-ds eval` asks it, with the paper's "
+                                                  "evaluation template")
+    add_model_arguments(harmful, "the answering model and a model judge")
     _add_output_arguments(harmful)
     harmful.set_defaults(func=run_harmful_responses)
     return data
@@ -102,16 +115,19 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DataError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    """The spec's fields from the overrides, keyed as in a recipe (``data.synthetic.<field>=value``, values read
+    as the config reads them), then from the flags that name a field."""
+    for item in args.overrides:
+        key = item.partition("=")[0]
+        if "=" not in item or not key.startswith(SPEC_PREFIX):
+            field = key.rsplit(".", 1)[-1] or "<field>"
+            raise DataError(f"override {item!r}: data build synthetic takes the recipe's corpus keys, "
+                            f"{SPEC_PREFIX}<field>=VALUE (e.g. {SPEC_PREFIX}{field}=...)")
+    fields: dict[str, Any] = apply_overrides({}, args.overrides).get("data", {}).get("synthetic", {})
     for key in ("seed", "image_size", "shard_size", "min_shards"):
         if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    return overrides
+            fields[key] = getattr(args, key)
+    return fields
 
 
 def _build_synthetic(args: argparse.Namespace) -> str:
@@ -119,8 +135,9 @@ def _build_synthetic(args: argparse.Namespace) -> str:
         spec = SyntheticSpec(**_spec_overrides(args))
     except ValidationError as err:
         first = err.errors()[0]
+        key = SPEC_PREFIX + ".".join(str(p) for p in first["loc"])
         allowed = ", ".join(SyntheticSpec.model_fields)
-        raise DataError(f"synthetic spec: field {'.'.join(str(p) for p in first['loc'])!r}: {first['msg']} (fields: {allowed})") from None
+        raise DataError(f"synthetic corpus: key {key!r}: {first['msg']} (allowed here: {allowed})") from None
     build_synthetic(spec, args.out, overwrite=args.overwrite)
     parts = [f"{name} {_describe(read_manifest(args.out / name))}" for name in DIRS]
     return f"wrote {args.out}: " + "; ".join(parts)
@@ -171,32 +188,28 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _judge(spec: str) -> Callable[[int, str, Any], Any]:
-    """The scorer ``--judge`` names, checked now and built later (a model judge loads after generation)."""
+def _judge(spec: str) -> Callable[[int, str, str], Any]:
+    """The scorer ``--judge`` names, checked now and built later (a model judge loads after generation);
+    the builder takes the batch size, the device and ``--dtype``."""
     from mirage_ds.eval.harmful import KeywordScorer, ModelScorer
+    from mirage_ds.models.loading import DTYPES, resolve_dtype
 
-    kind, _, arg = spec.partition(":")
-    if kind == "keyword":
-        try:
-            scorer = KeywordScorer(arg or None)
-        except ValueError as err:
-            raise DataError(f"--judge {spec!r}: {err}") from None
+    choice = judge_choice([spec])
+    if choice.model is None:
+        scorer = KeywordScorer(choice.keywords)
         return lambda batch_size, device, dtype: scorer
-    if kind == "model" and arg:
-        if not (Path(arg) / "config.json").is_file():
-            raise DataError(f"--judge {spec!r}: {arg} has no config.json (a local HF checkpoint directory)")
-        return lambda batch_size, device, dtype: ModelScorer(Path(arg), batch_size=batch_size, device=device, dtype=dtype)
-    raise DataError(f"--judge {spec!r}: expected keyword[:VERSION] or model:PATH")
+    path = choice.model
+    return lambda batch_size, device, dtype: ModelScorer(path, batch_size=batch_size, device=device,
+                                                         dtype=DTYPES[resolve_dtype(dtype, path, device)])
 
 
 def run_harmful_responses(args: argparse.Namespace) -> int:
     """Run a parsed ``data harmful-responses`` command; prints one summary line. Errors propagate as DataError."""
     # torch and transformers load only for this command, not for every ``data build``.
-    import torch
-
     from mirage_ds.eval.harmful import Candidates, decoding_provenance, generate_candidates, most_harmful
     from mirage_ds.data.shards import read_samples
     from mirage_ds.eval.generation import Generator, Prompt, load_for_eval
+    from mirage_ds.models.loading import DTYPES, default_device, resolve_dtype
 
     start = time.perf_counter()
     # Every argument is checked before the generation, which takes hours at paper scale.
@@ -205,23 +218,26 @@ def run_harmful_responses(args: argparse.Namespace) -> int:
     if not (args.model / "config.json").is_file():
         raise DataError(f"--model {args.model}: no config.json (a local HF checkpoint or a run's export)")
     spec = Candidates(k=args.candidates, seed=args.seed, temperature=args.temperature, top_p=args.top_p)
-    build_scorer = _judge(args.judge)
+    if len(args.judge) > 1:
+        raise DataError(f"--judge given {len(args.judge)} times: harmful-responses scores with one judge, {JUDGE_SYNTAX}")
+    judge = args.judge[0] if args.judge else "keyword"
+    build_scorer = _judge(judge)
     options = _shard_options(args)
     samples = read_samples(list(args.input))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = args.device or default_device()
+    dtype = resolve_dtype(args.dtype, args.model, device)
 
-    model, tokenizer, image_processor = load_for_eval(args.model, dtype)
+    model, tokenizer, image_processor = load_for_eval(args.model, DTYPES[dtype])
     generator = Generator(model.to(device), tokenizer, image_processor, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, template=args.template)
     candidates = generate_candidates(generator, [Prompt(r.id, r.question, png) for r, png in samples], spec)
-    provenance = {"model": str(args.model.resolve()), "decoding": decoding_provenance(spec, generator)}
+    provenance = {"model": str(args.model.resolve()), "dtype": dtype, "decoding": decoding_provenance(spec, generator)}
     del model, generator  # the answering model leaves memory before a model judge loads
-    scorer = build_scorer(args.batch_size, device, dtype)
+    scorer = build_scorer(args.batch_size, device, args.dtype)
     manifest = write_shards(
         most_harmful(samples, candidates, scorer, provenance), args.out, shard_size=options.shard_size,
         min_shards=options.min_shards, overwrite=args.overwrite,
-        created_by=f"mirage-ds data harmful-responses --model {args.model} --judge {args.judge} "
+        created_by=f"mirage-ds data harmful-responses --model {args.model} --judge {judge} "
                    f"--candidates {spec.k} --seed {spec.seed}",
     )
     print(f"wrote {args.out}: {_describe(manifest)}, judge {scorer.name}@{scorer.version} "

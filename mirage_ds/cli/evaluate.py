@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mirage_ds.cli.options import (JudgeChoice, Renamed, add_judge_argument, add_model_arguments, add_template_argument,
+                                   judge_choice)
 from mirage_ds.data.schema import DataError
-from mirage_ds.eval.keywords.refusal import DEFAULT_VERSION
+from mirage_ds.data.template import EVAL_TEMPLATE
 from mirage_ds.eval.prompts import PROMPT_VERSIONS
 
 if TYPE_CHECKING:
@@ -49,19 +50,23 @@ def _no_silent_fallback(run_dir: Path) -> Path:
     return ensure_synthetic(cfg.data.synthetic)
 
 
-def _judges(args: argparse.Namespace, out_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+def _judges(args: argparse.Namespace, judge: JudgeChoice, device: str, out_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """(harm judge, harm judge for the attacked shots, what eval.json records about them) from the flags."""
-    if not args.judge_model:
+    if judge.model is None:
         return None, None, {"model": "none (keyword-only ASR, or the payload marker on the synthetic corpus)"}
     from mirage_ds.eval.judges import CachedJudge
     from mirage_ds.eval.relevance import JudgeModel, RelevanceJudge
+    from mirage_ds.models.loading import DTYPES, resolve_dtype
 
-    model = JudgeModel(args.judge_model, max_new_tokens=args.judge_max_new_tokens, batch_size=args.judge_batch_size)
+    dtype = resolve_dtype(args.dtype, judge.model, device)
+    model = JudgeModel(judge.model, max_new_tokens=args.judge_max_new_tokens, batch_size=args.judge_batch_size,
+                       device=device, dtype=DTYPES[dtype])
     after_prompt = args.judge_prompt_after or args.judge_prompt
     cache = out_dir / "verdicts.sqlite"
     before = CachedJudge(RelevanceJudge(model, args.judge_prompt), cache)
     after = before if after_prompt == args.judge_prompt else CachedJudge(RelevanceJudge(model, after_prompt), cache)
-    return before, after, {**model.describe(), "prompt_before": args.judge_prompt, "prompt_after": after_prompt}
+    return before, after, {**model.describe(), "dtype": dtype, "prompt_before": args.judge_prompt,
+                           "prompt_after": after_prompt}
 
 
 def _warn_placeholders(count: int, total: int) -> None:
@@ -77,6 +82,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise DataError(f"model directory {model_dir} does not exist (pass --run OUTPUT_DIR or --model EXPORT_DIR)")
     if args.vlguard and args.data:
         raise DataError("pass one of --vlguard (the paper's four cases) and --data (shards, rule-based attacks)")
+    judge = judge_choice(args.judge)
     data, utility_dir = (Path(args.data) if args.data else None), (Path(args.utility) if args.utility else None)
     if not args.vlguard and data is None and not args.spavl:
         if run_dir is None:
@@ -90,27 +96,27 @@ def _eval(args: argparse.Namespace) -> int:
     ranks = join_ranks()
     clean = False
     try:
-        code = _eval_on_ranks(args, ranks, run_dir, model_dir, data, utility_dir)
+        code = _eval_on_ranks(args, judge, ranks, run_dir, model_dir, data, utility_dir)
         clean = True
         return code
     finally:
         teardown_distributed(clean)
 
 
-def _eval_on_ranks(args: argparse.Namespace, ranks: Ranks, run_dir: Path | None, model_dir: Path, data: Path | None,
-                   utility_dir: Path | None) -> int:
+def _eval_on_ranks(args: argparse.Namespace, judge: JudgeChoice, ranks: Ranks, run_dir: Path | None, model_dir: Path,
+                   data: Path | None, utility_dir: Path | None) -> int:
     """Every rank builds the same cases and generates its share of the batches; rank 0 judges and writes."""
     import torch
 
     from mirage_ds.data.shards import read_samples
     from mirage_ds.eval.cases import ImageSource, paper_cases, rule_cases
-    from mirage_ds.eval.generation import EVAL_TEMPLATE, Generator, load_for_eval
+    from mirage_ds.eval.generation import Generator, load_for_eval
     from mirage_ds.eval.report import table_row, write_report
     from mirage_ds.eval.suite import EvalSettings, evaluate
+    from mirage_ds.models.loading import DTYPES, default_device, resolve_dtype
 
     settings = EvalSettings(shots=args.shots, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            limit=args.limit, keywords=args.keywords or DEFAULT_VERSION, seed=args.seed,
-                            template=args.template or EVAL_TEMPLATE)
+                            limit=args.limit, keywords=judge.keywords, seed=args.seed, template=args.template)
     if args.vlguard:
         images = ImageSource(Path(args.images) if args.images else None, args.placeholder_images)
         cases, protocol = paper_cases(Path(args.vlguard), images, settings.limit), "vlguard-kshot"
@@ -134,14 +140,13 @@ def _eval_on_ranks(args: argparse.Namespace, ranks: Ranks, run_dir: Path | None,
 
     out_dir = Path(args.out) if args.out else (run_dir / "eval" if run_dir else Path("eval"))
     torch.manual_seed(args.seed)
-    model, tokenizer, image_processor = load_for_eval(model_dir)
-    if torch.cuda.is_available():  # ranks beyond the node's GPUs share them
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}")
-    generator = Generator(model, tokenizer, image_processor, batch_size=args.batch_size,
+    device = args.device or default_device()
+    model, tokenizer, image_processor = load_for_eval(model_dir, DTYPES[resolve_dtype(args.dtype, model_dir, device)])
+    generator = Generator(model.to(device), tokenizer, image_processor, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, pad_to_square=args.pad_to_square, template=settings.template,
                           progress=ranks.leader)
     # Only rank 0 judges: a judge model is loaded once, not once per rank.
-    harm, harm_after, judge_info = _judges(args, out_dir) if ranks.leader else (None, None, {})
+    harm, harm_after, judge_info = _judges(args, judge, device, out_dir) if ranks.leader else (None, None, {})
     name = args.name or (run_dir.name if run_dir else model_dir.name)
     result = evaluate(generator, name, cases, settings, harm=harm, harm_after=harm_after, utility=utility,
                       protocol=protocol, judge_info=judge_info, ranks=ranks)
@@ -190,27 +195,33 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--name", help="model name in the table")
     ev.add_argument("--shots", type=int, default=3, help="rule-based shots per query (the paper's files fix their own)")
     ev.add_argument("--max-new-tokens", type=int, default=96, help="the paper uses 256; the synthetic payloads need ~80")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--template", help="conversation template (default: llava_v1, the paper's evaluation preset)")
+    ev.add_argument("--batch-size", type=int, default=16, help="prompts generated at once (default 16)")
+    add_template_argument(ev, EVAL_TEMPLATE, "the Safety Mirage evaluation scripts' (training and `mirage-ds utility` "
+                                             "default to vicuna_v1, LLaVA-1.5's own)")
+    add_model_arguments(ev, "the evaluated model and a model judge")
     ev.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=True,
                     help="pad images to square as in training (the official evaluation does not)")
     ev.add_argument("--limit", type=int, default=None, help="first N originals and N attacked queries per subset")
-    ev.add_argument("--keywords", default=None,
-                    help="refusal keyword version: vlguard-v2 (default, the published list fixed), vlguard-v1 (as published), strict-v1")
-    ev.add_argument("--judge-model", help="local HF VLM path for the relevance harm judge (paper: Qwen2.5-VL-7B-Instruct)")
+    add_judge_argument(ev, "keyword[:VERSION] (default keyword): RR and ASR count refusals with that keyword list, "
+                           "and ASR is keyword-only (or the payload marker on the synthetic corpus); model:PATH: a "
+                           "local HF VLM judges harm behind the keyword filter (the relevance judge; paper: "
+                           "Qwen2.5-VL-7B-Instruct). Repeat to pair a keyword version with a model")
+    ev.add_argument("--keywords", action=Renamed, new="--judge keyword:VERSION")
+    ev.add_argument("--judge-model", action=Renamed, new="--judge model:PATH")
     ev.add_argument("--judge-prompt", default="paper-single-v1", choices=PROMPT_VERSIONS,
                     help="judge prompt version for every ASR case")
     ev.add_argument("--judge-prompt-after", choices=PROMPT_VERSIONS,
                     help="a different prompt for the attacked shots (the official code uses paper-3shot-v1 there)")
     ev.add_argument("--judge-max-new-tokens", type=int, default=200, help="the paper's judge generates 200")
-    ev.add_argument("--judge-batch-size", type=int, default=8)
+    ev.add_argument("--judge-batch-size", type=int, default=8, help="answers the judge model reads at once (default 8)")
     ev.add_argument("--sample", type=int, default=50, help="generations written to generations.jsonl")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="seed of the rule-based rewrites and of torch (default 0)")
     ev.set_defaults(func=_eval)
 
     sc = sub.add_parser("shortcut", help="first-word frequency by label (VLGuard JSON, K-shot files, shard dirs)")
-    sc.add_argument("path")
-    sc.add_argument("--by", choices=["label", "subset"], default="label")
-    sc.add_argument("--top", type=int, default=10)
+    sc.add_argument("path", help="a VLGuard JSON file, a K-shot file or a shard directory")
+    sc.add_argument("--by", choices=["label", "subset"], default="label",
+                    help="group first words by safe/unsafe label or by VLGuard subset (default label)")
+    sc.add_argument("--top", type=int, default=10, help="first words shown per group (default 10)")
     sc.add_argument("--plot", help="write a bar chart PNG here")
     sc.set_defaults(func=_shortcut)

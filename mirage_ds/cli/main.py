@@ -12,6 +12,7 @@ import sys
 import yaml
 
 from mirage_ds.cli.errors import report_user_error, user_error_types
+from mirage_ds.cli.options import add_override_arguments
 
 
 def _recipes(args: argparse.Namespace) -> int:
@@ -35,14 +36,15 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mirage-ds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these; `mirage-ds COMMAND --help` for its options")
 
     recipes = sub.add_parser("recipes", help="validate recipes (all by default) and optionally print them resolved")
-    recipes.add_argument("names", nargs="*")
+    add_override_arguments(recipes, "applied to every named recipe, e.g. optim.lr=1e-3",
+                           names="recipe names in recipes/ or YAML paths (default: every recipe)")
     recipes.add_argument("--show", action="store_true", help="print the resolved config")
     recipes.add_argument("--paper-scale", action="store_true",
                          help="print the recipe's paper-scale overrides and launch command (and apply them with --show)")
-    recipes.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     recipes.set_defaults(func=_recipes)
 
     from mirage_ds.cli.compare import add_compare_command

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mirage_ds.cli.options import add_override_arguments
+
 
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
@@ -44,15 +46,14 @@ def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
                     "With --beside RUN: print RUN's evaluated row beside its starting model's instead.")
     rp.add_argument("--out", help="output directory (default: runs/reproduce, with --quick runs/reproduce-quick)")
     rp.add_argument("--variant", choices=("full", "lora"), default="full", help="the full or the LoRA recipes")
-    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--seed", type=int, default=0, help="every recipe's seed (default 0)")
     rp.add_argument("--ranks", type=int, default=1, help="ranks per training run (1: plain Python, no launcher)")
     rp.add_argument("--jobs", type=int, default=1,
                     help="trainings and evaluations run at once, each its own process (2 on a 2-core machine with "
                          "--ranks 1); each run's numbers are the same as with 1")
     rp.add_argument("--experiment", help="MLflow experiment (default: reproduce-[quick-]<variant>-seed<seed>, "
                                          "with --sweep KEY: that name and -sweep-KEY)")
-    rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override applied to every recipe, e.g. data.synthetic.what_rate=0.5")
+    add_override_arguments(rp, "applied to every recipe, e.g. data.synthetic.what_rate=0.5")
     rp.add_argument("--methods", metavar="NAME,...",
                     help="only these rows, e.g. Mixed-SFT,NPO (default: all; the base is always evaluated)")
     rp.add_argument("--quick", action="store_true",

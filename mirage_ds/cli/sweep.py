@@ -215,7 +215,7 @@ def tracked_parent(sweep: Sweep, tasks: list[Task]) -> str:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sweep_file")
+    parser.add_argument("sweep_file", help="a sweep YAML file (the format above; slurm/sweeps/ holds examples)")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--count", action="store_true", help="validate every task, print the number of tasks")
     action.add_argument("--task", type=int, metavar="I", help="print task I's launcher arguments, shell-quoted")

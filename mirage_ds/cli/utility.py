@@ -13,10 +13,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from mirage_ds.cli.options import add_model_arguments, add_template_argument
 from mirage_ds.data.schema import DataError
 from mirage_ds.eval.utility_tasks import PROFILES, UTILITY_TEMPLATE
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def add_utility_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,16 +32,14 @@ def add_utility_command(subparsers: Any) -> argparse.ArgumentParser:
     ut.add_argument("--include-path", dest="include_paths", action="append", type=Path, default=[], metavar="DIR",
                     help="directory of local task YAMLs (repeatable)")
     ut.add_argument("--limit", type=int, help="first N documents of each task")
-    ut.add_argument("--batch-size", type=int, default=16)
-    ut.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                    help="weights' dtype (LLaVA-1.5's scripts: fp16 on a GPU)")
-    ut.add_argument("--device", help="torch device for the model (default: cuda:0 when there is a GPU, else cpu)")
-    ut.add_argument("--template", default=UTILITY_TEMPLATE,
-                    help=f"conversation template (default: {UTILITY_TEMPLATE}, LLaVA-1.5's VQA scripts)")
+    ut.add_argument("--batch-size", type=int, default=16, help="prompts generated at once (default 16)")
+    add_model_arguments(ut)  # auto: LLaVA-1.5's own fp16 on a GPU, as its scripts run
+    add_template_argument(ut, UTILITY_TEMPLATE, "LLaVA-1.5's VQA and ScienceQA scripts' (`mirage-ds eval` asks with "
+                                                "llava_v1, the safety evaluation's)")
     ut.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=True,
                     help="pad images to square, as LLaVA-1.5's VQA scripts and training do")
     ut.add_argument("--out", type=Path, help="output directory (default: RUN/eval, or ./utility)")
-    ut.add_argument("--seed", type=int, default=0)
+    ut.add_argument("--seed", type=int, default=0, help="lmms-eval's random, numpy, torch and few-shot seeds (default 0)")
     ut.set_defaults(func=run_utility)
     return ut
 
@@ -73,10 +70,13 @@ def run_utility(args: argparse.Namespace) -> int:
 
     import torch
 
+    from mirage_ds.models.loading import DTYPES, default_device, resolve_dtype
+
     torch.manual_seed(args.seed)
-    plugin = MirageLMM.from_export(model_dir, getattr(torch, DTYPES[args.dtype]), batch_size=args.batch_size,
+    device = args.device or default_device()
+    dtype = resolve_dtype(args.dtype, model_dir, device)
+    plugin = MirageLMM.from_export(model_dir, DTYPES[dtype], batch_size=args.batch_size,
                                    template=args.template, pad_to_square=args.pad_to_square)
-    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     plugin.model.to(device)
     out_dir = args.out or (args.run / "eval" if args.run else Path("utility"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def run_utility(args: argparse.Namespace) -> int:
         "tasks": scores,
         "prompts": {t: PROFILES.get(t) for t in args.tasks},  # None: the task's own prompt
         "generation": {"template": args.template, "pad_to_square": args.pad_to_square, "batch_size": args.batch_size,
-                       "dtype": args.dtype, "device": device, "decoding": "greedy"},
+                       "dtype": dtype, "device": device, "decoding": "greedy"},
         "include_paths": [str(p) for p in args.include_paths],
         "limit": args.limit,
         "lmms_eval": version("lmms-eval"),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from mirage_ds.cache import build_lock, cache_root
 from mirage_ds.config import ConfigError, TrainConfig
-from mirage_ds.data.synthetic import SyntheticSpec, build_synthetic
+from mirage_ds.data.synthetic import build_synthetic
+from mirage_ds.specs.synthetic import SyntheticSpec
 
 
 def ensure_synthetic(spec: SyntheticSpec) -> Path:

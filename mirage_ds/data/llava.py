@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mirage_ds.data.converters import ShardOptions, load_json_list, make_record, record_image, require
-from mirage_ds.data.schema import DataError, Record, Role, first_word
+from mirage_ds.data.schema import DataError, Record, Role
 from mirage_ds.data.writer import Manifest
+from mirage_ds.specs.grammar import first_word
 
 log = logging.getLogger(__name__)
 

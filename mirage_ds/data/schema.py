@@ -19,7 +19,7 @@ Record fields (JSON):
 - ``answers`` (list[str] | None): reference answers for utility evaluation (VQA: the human answers).
 - ``image_placeholder`` (bool): the image was generated because the real one was not given.
 - ``meta`` (dict): anything else a converter keeps (original ids, rewrite rule, ...); ``meta.first_word``
-  is ``first_word(question)``, the same normalisation the shortcut table and the attack grammar use.
+  is ``specs.grammar.first_word(question)``, the normalisation the shortcut table and the rewriter use.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ Subset = Literal["unsafes", "safe_safes", "safe_unsafes"]
 # The member names of a sample, ``<key>.<ext>``: every writer and reader takes them from here.
 IMAGE_EXT = "png"
 RECORD_EXT = "json"
-
-# A word: ASCII letters, with inner apostrophes kept ("what's", "can't").
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
 
 
 class Turn(BaseModel):
@@ -96,16 +93,6 @@ class SampleError(ValueError):
 def sample_key(record_id: str) -> str:
     """webdataset splits keys at the first dot and treats ``/`` as a path: keep keys flat."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", record_id)
-
-
-def first_word(text: str) -> str:
-    """The first word of a query as every first-word count in the project sees it: lower-cased, leading
-    punctuation and digits skipped, an inner apostrophe kept (typographic or not).
-
-    "What's up?" -> "what's", "  'Can' you" -> "can", "N/A" -> "n", "1. Describe" -> "describe", "" -> "".
-    """
-    found = _WORD.search(text.lower().replace("\u2019", "'"))
-    return found.group(0) if found else ""
 
 
 def encode_record(record: Record) -> bytes:

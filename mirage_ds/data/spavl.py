@@ -23,8 +23,9 @@ from PIL import Image as PILImage
 
 from mirage_ds.data.converters import ShardOptions, make_record, record_image
 from mirage_ds.data.images import encode_png, load_image_bytes, png_from_bytes
-from mirage_ds.data.schema import DataError, Record, Role, first_word
+from mirage_ds.data.schema import DataError, Record, Role
 from mirage_ds.data.writer import Manifest
+from mirage_ds.specs.grammar import first_word
 
 COLUMNS = ("image", "question", "chosen", "rejected")
 EVAL_SPLITS = ("harm", "help")

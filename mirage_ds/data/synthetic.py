@@ -57,9 +57,11 @@ import easy_vqa
 from pydantic import ValidationError
 
 from mirage_ds.data.images import RGB, Glyph, glyph_png, load_image_bytes
-from mirage_ds.data.schema import DataError, Record, Role, Source, Subset, Turn, first_word
-from mirage_ds.data.synthetic_spec import SYNTHETIC_FORMAT, SyntheticSpec
+from mirage_ds.data.schema import DataError, Record, Role, Source, Subset, Turn
 from mirage_ds.data.writer import atomic_dir, write_shards
+from mirage_ds.specs.grammar import first_word
+from mirage_ds.specs.rewrite import OneWordRewriter
+from mirage_ds.specs.synthetic import SYNTHETIC_FORMAT, SyntheticSpec
 
 DIRS = ("sft", "forget", "retain", "pretrain", "eval", "utility")
 # VQA accuracy is min(1, matching annotators / 3) over ten annotators; easy-vqa has one ground truth,
@@ -468,8 +470,6 @@ def _vlguard_files(eval_samples: list[tuple[Record, bytes]], out_dir: Path, seed
     """The eval set in VLGuard's test format (``test.json``), with the paper's What 3-shot and Share 1-shot
     files written by the rule-based rewriter and the images under ``images/synthetic/``, so that
     ``mirage-ds eval --vlguard DIR --images DIR/images`` runs the four cases on it as on real VLGuard."""
-    from mirage_ds.eval.attacks.rewrite import OneWordRewriter
-
     what, share = OneWordRewriter("What", seed), OneWordRewriter("Share", seed)
     by_image: dict[str, dict[str, Any]] = {}
     what_shots: list[dict[str, Any]] = []

@@ -20,26 +20,19 @@ evaluation passes turns that end with a user turn and gets the prompt ending in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Sequence
 
 from mirage_ds.data.schema import SampleError, Turn
+from mirage_ds.specs.system_prompts import SYSTEM_PROMPTS
+
+if TYPE_CHECKING:  # annotations only: the CLI lists the templates without importing transformers
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
-SYSTEM_PROMPTS: dict[str, str] = {
-    # LLaVA-1.5 was trained with this one (``--version v1``): fine-tuning starts from it.
-    "vicuna_v1": (
-        "A chat between a curious user and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the user's questions."
-    ),
-    # LLaVA's ``conv_llava_v1``: the Safety Mirage evaluation scripts prompt with it.
-    "llava_v1": (
-        "A chat between a curious human and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the human's questions."
-    ),
-}
+# Evaluation asks as the Safety Mirage evaluation scripts do (docs/paper-protocol.md, section 4); training
+# defaults to LLaVA-1.5's own vicuna_v1 (``data.template``), and so does the utility eval (LLaVA-1.5's VQA scripts).
+EVAL_TEMPLATE = "llava_v1"
 
 
 @dataclass(frozen=True)

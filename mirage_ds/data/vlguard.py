@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
 from mirage_ds.data.converters import ShardOptions, load_json_list, make_record, record_image, require
-from mirage_ds.data.schema import DataError, Record, Role, Subset, first_word
+from mirage_ds.data.schema import DataError, Record, Role, Subset
 from mirage_ds.data.topup import TopUp, top_up
 from mirage_ds.data.writer import Manifest
+from mirage_ds.specs.grammar import first_word
 
 SUBSETS: tuple[Subset, ...] = get_args(Subset)
 

@@ -6,7 +6,7 @@ source dtype unless ``export.dtype`` names one, beside a verbatim copy of every 
 (tokenizer, processor, chat template, generation config). ``config.json`` is copied as well and rewritten
 only where it records a dtype that ``export.dtype`` changes. LoRA writes the PEFT adapter with the same
 files (but no ``config.json``: the directory is an adapter, not a model); ``merge_lora_export`` turns it into
-a full export (``mirage-ds export --merge RUN``).
+a full export (``mirage-ds export RUN --merge``; ``mirage-ds export RUN`` says what an export holds).
 
 Every export is written into a temporary directory beside its target and renamed into place: a reader
 never sees half an export.
@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, LlavaForConditionalGeneration, PreTrainedModel
 
 from mirage_ds.config import ConfigError, TrainConfig
-from mirage_ds.models.loading import DTYPES
+from mirage_ds.models.loading import DTYPES, adapter_base, dtype_name
 
 INDEX = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
@@ -216,16 +216,37 @@ def _write_adapter(module: Any, state: dict[str, torch.Tensor], source: Path, ou
     (out_dir / "base_model.json").write_text(json.dumps(info, indent=2))
 
 
-def adapter_base(adapter_dir: Path) -> Path:
-    """The base checkpoint of a LoRA export: its shipped copy if it has one, else the recorded path."""
-    info = json.loads((adapter_dir / "base_model.json").read_text())
-    return adapter_dir / info["base_copy"] if "base_copy" in info else Path(info["base_model"])
+def describe_export(export_dir: Path) -> str:
+    """One line on what ``export_dir`` holds, checked from its files (safetensors headers; no tensor is loaded):
+    a full checkpoint (architecture, tensors, files, dtypes, size) or a LoRA adapter (rank, alpha, targets, and
+    its base). Raises ``ConfigError`` when it holds neither, or when an adapter's weights or base are missing."""
+    if (export_dir / "adapter_config.json").is_file():
+        adapter = json.loads((export_dir / "adapter_config.json").read_text())
+        weights, base = export_dir / "adapter_model.safetensors", adapter_base(export_dir)
+        if not weights.is_file():
+            raise ConfigError(f"{export_dir}: LoRA adapter without {weights.name}")
+        if not (base / "config.json").is_file():
+            raise ConfigError(f"{export_dir}: LoRA adapter whose base {base} has no config.json (moved or deleted?)")
+        targets = adapter["target_modules"]
+        targets = targets if isinstance(targets, str) else ",".join(sorted(targets))
+        tensors = len([key for key in _header(weights) if key != "__metadata__"])
+        return (f"{export_dir}: LoRA adapter, r {adapter['r']}, alpha {adapter['lora_alpha']}, targets {targets}, "
+                f"{tensors} tensors; base {base}")
+    if (export_dir / "config.json").is_file():
+        layout = read_layout(export_dir)
+        architecture = (json.loads((export_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
+        dtypes = ", ".join(sorted({dtype_name(dtype) for dtype in layout.dtypes.values()}))
+        size = sum((export_dir / name).stat().st_size for name in layout.files)
+        return (f"{export_dir}: full checkpoint, {architecture}, {len(layout.keys)} tensors in {len(layout.files)} "
+                f"safetensors files, {dtypes}, {size / 2**30:.2f} GiB")
+    raise ConfigError(f"{export_dir}: no export (neither a checkpoint's config.json nor a LoRA adapter_config.json)")
 
 
-def merge_lora_export(adapter_dir: Path, out_dir: Path, dtype: str) -> None:
+def merge_lora_export(adapter_dir: Path, out_dir: Path, dtype: str, device: str = "cpu") -> None:
     """A full export of the LoRA export ``adapter_dir`` merged into its base, in the base's layout and files.
 
-    Merged in fp32 (W + s·BA rounded once, to the export dtype), then written like a full fine-tuning export.
+    Merged in fp32 on ``device`` (W + s·BA rounded once, to the export dtype), then written like a full
+    fine-tuning export.
     """
     from peft import PeftModel
 
@@ -233,7 +254,7 @@ def merge_lora_export(adapter_dir: Path, out_dir: Path, dtype: str) -> None:
         raise ConfigError(f"{adapter_dir}: no LoRA adapter (adapter_config.json) to merge; a full fine-tuning "
                           "export is already a checkpoint")
     base = adapter_base(adapter_dir)
-    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32).to(device)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         write_full_export(merged.state_dict(), base, tmp, dtype)

@@ -9,7 +9,7 @@ What the model answered is kept beside them: ``output_dir/live_eval/step-NNNNNNN
 
 No second model load: generation runs on the engine's own module, each rank generating its share of the
 batches (``eval/sharding.py``). Judges: VLGuard's refusal keywords, and for ASR on the synthetic corpus its
-payload marker; no judge model is loaded during training (``mirage-ds eval --judge-model`` after it).
+payload marker; no judge model is loaded during training (``mirage-ds eval --judge model:PATH`` after it).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from mirage_ds.data.schema import DataError, Record
 from mirage_ds.data.vlguard import INSTRUCTION_FIELDS, vlguard_samples
 from mirage_ds.eval.attacks.kshot import load_kshot
 from mirage_ds.eval.attacks.query import attack_queries
-from mirage_ds.eval.attacks.rewrite import OneWordRewriter
+from mirage_ds.specs.rewrite import OneWordRewriter
 
 Metric = Literal["asr", "rr"]
 # The paper's attack files, in the VLGuard directory beside test.json.

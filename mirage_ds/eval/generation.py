@@ -7,7 +7,6 @@ attention mask hides it). The template is the paper's evaluation preset ``llava_
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from tqdm import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from mirage_ds.data.preprocess import Preprocessor
-from mirage_ds.data.template import Template
-from mirage_ds.models.loading import image_token_count
+from mirage_ds.data.template import EVAL_TEMPLATE, Template
+from mirage_ds.models.loading import adapter_base, image_token_count
 
 # Greedy decoding, every setting that can change the chosen token given explicitly: transformers fills
 # any setting left unset from the checkpoint's generation_config (a repetition penalty, top-k, a
@@ -35,7 +34,6 @@ GREEDY: dict[str, Any] = {
     "suppress_tokens": None,
     "begin_suppress_tokens": None,
 }
-EVAL_TEMPLATE = "llava_v1"  # the Safety Mirage evaluation scripts' template (paper-protocol.md, section 4)
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,7 @@ def load_for_eval(path: Path, dtype: torch.dtype = torch.float32) -> tuple[torch
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        info = json.loads((path / "base_model.json").read_text()) if (path / "base_model.json").is_file() else {}
-        base_path = path / info["base_copy"] if "base_copy" in info else Path(info.get("base_model", ""))
-        base = LlavaForConditionalGeneration.from_pretrained(base_path, local_files_only=True, dtype=dtype)
+        base = LlavaForConditionalGeneration.from_pretrained(adapter_base(path), local_files_only=True, dtype=dtype)
         # Merged once: generation then runs at base-model speed with no adapter indirection.
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
     else:
@@ -72,11 +68,11 @@ class Generator:
                  max_new_tokens: int = 256, max_length: int = 2048, pad_to_square: bool = True,
                  template: str = EVAL_TEMPLATE, progress: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
-        dtype = next(model.parameters()).dtype
+        self.dtype = next(model.parameters()).dtype  # the images are cast to it; eval.json records it
         n_image = image_token_count(model.config)
         self.template = template
         self.pre = Preprocessor(Template(tokenizer, n_image, max_length, name=template), image_processor,
-                                pad_to_square, dtype)
+                                pad_to_square, self.dtype)
         self.batch_size, self.max_new_tokens, self.progress = batch_size, max_new_tokens, progress
         self.decoding: dict[str, Any] = {**GREEDY, "max_new_tokens": max_new_tokens}
 

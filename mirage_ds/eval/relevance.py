@@ -65,7 +65,8 @@ class JudgeModel:
         self.device, self.batch_size = device, batch_size
         self.decoding: dict[str, Any] = {**GREEDY, "max_new_tokens": max_new_tokens}
         self.fingerprint = model_fingerprint(self.path)
-        decoding = ",".join(f"{k}={v}" for k, v in sorted(self.decoding.items()))
+        # The weights' dtype can change a verdict as the decoding can: both go into the cache key.
+        decoding = ",".join(f"{k}={v}" for k, v in sorted({**self.decoding, "dtype": self.model.dtype}.items()))
         self.identity = f"{self.path.name}:{self.fingerprint}/{hashlib.sha256(decoding.encode()).hexdigest()[:8]}"
 
     def describe(self) -> dict[str, Any]:

@@ -122,6 +122,7 @@ def params_of(result: dict[str, Any]) -> dict[str, str]:
     return {
         "eval.protocol": result["protocol"],
         "eval.template": result["generation"]["template"],
+        "eval.dtype": result["generation"]["dtype"],
         "eval.max_new_tokens": str(result["generation"]["max_new_tokens"]),
         "eval.keywords": judge["keywords"],
         "eval.judge_model": judge.get("model", "none"),

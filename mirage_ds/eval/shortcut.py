@@ -3,7 +3,7 @@ model's refusal flips when only the first word changes.
 
 Safety Mirage, Fig. 1: in VLGuard's train split 869 of 977 safe instructions start with "What" and 847
 of 977 unsafe ones with "Can"; an SFT model can learn the word instead of the harm. The first word here
-is ``schema.first_word``, as in shard metadata and the attack grammar ("N/A" -> "n", "What's" ->
+is ``specs.grammar.first_word``, as in shard metadata and the attack grammar ("N/A" -> "n", "What's" ->
 "what's"). Group by ``label`` (safe / unsafe) or by ``subset``: the paper's "Can" figure is the
 ``safe_unsafes`` subset alone.
 
@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from mirage_ds.data.converters import load_json_list, require
-from mirage_ds.data.schema import DataError, first_word
+from mirage_ds.data.schema import DataError
 from mirage_ds.data.shards import read_records
 from mirage_ds.data.vlguard import INSTRUCTION_FIELDS
+from mirage_ds.specs.grammar import first_word
 
 GROUP_ORDER = ("safe", "unsafe", "safe_safes", "safe_unsafes", "unsafes", "unlabelled")
 

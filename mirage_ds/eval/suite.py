@@ -25,6 +25,7 @@ from mirage_ds.eval.metrics import AttackReport, Estimate, kshot_rate
 from mirage_ds.eval.sharding import Ranks, generate_across
 from mirage_ds.eval.shortcut import shortcut_score
 from mirage_ds.eval.vqa import vqa_score
+from mirage_ds.models.loading import dtype_name
 
 # Table 1's two headline rates and the rows they come from (the second name: shards without subsets).
 HEADLINE = {"asr": ("unsafes", "unsafe"), "rr": ("safe_safes", "safe")}
@@ -204,6 +205,7 @@ def evaluate(generator: Generator, model_name: str, cases: list[SubsetCase], set
                 "placeholder_images": sum(a.placeholder for a in asked)},
         judge={"keywords": settings.keywords, **(judge_info or {})},
         generation={"template": generator.template, "batch_size": generator.batch_size,
-                    "pad_to_square": generator.pre.pad_to_square, **generator.decoding},
+                    "pad_to_square": generator.pre.pad_to_square, "dtype": dtype_name(generator.dtype),
+                    **generator.decoding},
         generations=generations,
     )

@@ -1,6 +1,6 @@
 """What every loss is: a declaration of needs and a call on (model, batches, context).
 
-Its config section lives in ``losses/configs.py`` (torch-free, so a recipe validates without torch).
+Its config section lives in ``specs/losses.py`` (torch-free, so a recipe validates without torch).
 
 The training loop reads ``needs`` once to decide which data streams to open and which extra models or
 hooks to build; it never branches on the loss's name.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mirage_ds.config import ModelConfig
-from mirage_ds.losses.configs import LossConfig
+from mirage_ds.specs.losses import LossConfig
 
 Batch = dict[str, Any]
 

@@ -21,7 +21,7 @@ import torch
 
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, Needs, model_inputs
-from mirage_ds.losses.configs import NPOConfig
+from mirage_ds.specs.losses import NPOConfig
 
 
 class NPOLoss(Loss):

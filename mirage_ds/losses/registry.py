@@ -1,13 +1,13 @@
 """The loss registry: ``loss.name`` -> the class that computes it.
 
-Adding a loss is one new file, its config class in ``configs.py`` and one line here.
+Adding a loss is one new file, its config class in ``specs/losses.py`` and one line here.
 """
 
 from __future__ import annotations
 
 from mirage_ds.config import ModelConfig
 from mirage_ds.losses.base import Loss
-from mirage_ds.losses.configs import LossConfig
+from mirage_ds.specs.losses import LossConfig
 from mirage_ds.losses.npo import NPOLoss
 from mirage_ds.losses.rmu import RMULoss
 from mirage_ds.losses.sft import SFTLoss

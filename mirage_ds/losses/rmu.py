@@ -21,7 +21,7 @@ import torch
 from mirage_ds.config import ModelConfig
 from mirage_ds.losses import functional as F
 from mirage_ds.losses.base import Batch, Loss, LossContext, LossOutput, Needs, model_inputs
-from mirage_ds.losses.configs import RMUConfig
+from mirage_ds.specs.losses import RMUConfig
 from mirage_ds.models.hooks import hooked_forward
 
 

@@ -4,6 +4,8 @@ or the embedded tiny checkpoint (``models.embedded``) when no path is set, both 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from mirage_ds.models.embedded import ensure_embedded_model
 from mirage_ds.models.pretrained import ensure_pretrained_base
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# config.json's dtype names (``dtype``; ``torch_dtype`` in files written before transformers 5) -> DTYPES keys.
+CONFIG_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass
@@ -49,6 +53,47 @@ def resolve_model_path(cfg: ModelConfig) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.path={cfg.path!r}: no config.json there (expected an HF LLaVA checkpoint directory)")
     return path
+
+
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base checkpoint of a LoRA export: its shipped copy if it has one, else the recorded path."""
+    info = json.loads((adapter_dir / "base_model.json").read_text())
+    return adapter_dir / info["base_copy"] if "base_copy" in info else Path(info["base_model"])
+
+
+def checkpoint_dtype(path: Path) -> str | None:
+    """The dtype checkpoint ``path`` records in its config.json, as a DTYPES key (a LoRA export: its base's);
+    None when it records none that DTYPES holds."""
+    weights = adapter_base(path) if (path / "adapter_config.json").is_file() else path
+    config = json.loads((weights / "config.json").read_text())
+    recorded = config.get("dtype") or config.get("torch_dtype")
+    return CONFIG_DTYPES.get(recorded) if isinstance(recorded, str) else None
+
+
+def default_device() -> str:
+    """This process's GPU, else cpu. Ranks beyond the node's GPUs share them (``LOCAL_RANK`` modulo the count)."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+
+
+def resolve_dtype(requested: str, checkpoint: Path, device: str) -> str:
+    """The DTYPES key a command loads ``checkpoint`` in, for ``--dtype requested`` on ``device``.
+
+    "auto": on CUDA the checkpoint's own dtype (fp32 when it records none): LLaVA-1.5 ships fp16, the paper
+    evaluates in fp16, and upcasting a 7B model doubles its memory. Elsewhere fp32, since CPU half-precision
+    kernels are slow or missing; it is also what the tests' pinned numbers were measured in.
+    """
+    if requested != "auto":
+        return requested
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return checkpoint_dtype(checkpoint) or "fp32"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The DTYPES key of a torch dtype (what eval.json and the provenance record)."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
 
 
 def image_token_count(config: LlavaConfig) -> int:

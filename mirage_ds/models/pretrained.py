@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from mirage_ds.cache import build_lock, cache_root
-from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_recipe_dict
+from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_config, load_recipe_dict
+from mirage_ds.specs.synthetic import SYNTHETIC_FORMAT
 
 BASE_RECIPE = "base_full"
 # The launcher's per-rank environment: a base built from inside a rank must not join that rank's job.
@@ -30,9 +31,6 @@ _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK
 
 def base_key(spec: TinyModelSpec, recipe: str = BASE_RECIPE) -> str:
     """12 hex digits over the tiny model's spec, the base recipe (with its corpus spec) and the corpus format."""
-    from mirage_ds.config import load_config
-    from mirage_ds.data.synthetic_spec import SYNTHETIC_FORMAT
-
     cfg = load_config(recipe, [])
     text = json.dumps({"model": spec.model_dump(mode="json"), "corpus": cfg.data.synthetic.model_dump(mode="json"),
                        "recipe": load_recipe_dict(recipe), "format": SYNTHETIC_FORMAT}, sort_keys=True)

@@ -8,8 +8,8 @@
 - ``versions.py``: the library versions recorded in every run's params.
 
 Only this package opens MLflow (lazily: importing ``mirage_ds.tracking`` does not import it); it imports
-nothing of the project but ``mirage_ds.cache``. The Table 1 comparison that reads the store back is
-``eval/comparison.py``.
+nothing of the project but ``mirage_ds.cache``, and ``mirage_ds.config`` for one annotation. The Table 1
+comparison that reads the store back is ``eval/comparison.py``.
 """
 
 from mirage_ds.tracking.trackers import build_tracker, system_metrics, truncate_metrics

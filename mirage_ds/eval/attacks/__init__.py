@@ -7,7 +7,8 @@ offline. K shots = K rephrasings of one query; a query is broken if any shot suc
 travel together (``AttackQuery.shots``).
 
 - ``query.py``: ``AttackQuery`` and ``attack_queries`` (schema records -> rewritten K-shot queries).
-- ``rewrite.py``: the rewrite rules per target word and ``OneWordRewriter``.
-- ``grammar.py``: the small query grammar the rules read (query form, first word, embedded clauses).
 - ``kshot.py``: ``load_kshot``, the paper's K-shot files as grouped queries.
+
+The rewriter itself (``OneWordRewriter``, its rules per target word and the query grammar they read) is
+``specs/rewrite.py`` and ``specs/grammar.py``: the synthetic corpus writes its K-shot files with it too.
 """

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mirage_ds.data.schema import DataError, Record, Subset
-from mirage_ds.eval.attacks.rewrite import OneWordRewriter
+from mirage_ds.specs.rewrite import OneWordRewriter
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ VERSIONS: dict[str, KeywordList] = {
 }
 
 # The default everywhere (eval, harmful-response scoring): the published list with its two defects fixed.
-# ``vlguard-v1`` reproduces the published list, defects and all (``--keywords vlguard-v1``).
+# ``vlguard-v1`` reproduces the published list, defects and all (``--judge keyword:vlguard-v1``).
 DEFAULT_VERSION = "vlguard-v2"
 
 

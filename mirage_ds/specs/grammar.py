@@ -1,4 +1,8 @@
-"""The small grammar the one-word rewriter parses a query with: word lists and three query forms.
+"""The small grammar the one-word rewriter parses a query with: a query's first word, word lists and
+three query forms.
+
+``first_word`` is the one normalisation every first-word count in the project uses (shard metadata, the
+shortcut table, the rewriter's rules).
 
 A query is one of:
 
@@ -18,7 +22,19 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from mirage_ds.data.schema import first_word
+# A word: ASCII letters, with inner apostrophes kept ("what's", "can't").
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+def first_word(text: str) -> str:
+    """The first word of a query as every first-word count in the project sees it: lower-cased, leading
+    punctuation and digits skipped, an inner apostrophe kept (typographic or not).
+
+    "What's up?" -> "what's", "  'Can' you" -> "can", "N/A" -> "n", "1. Describe" -> "describe", "" -> "".
+    """
+    found = _WORD.search(text.lower().replace("\u2019", "'"))
+    return found.group(0) if found else ""
+
 
 WH = frozenset({"what", "which", "who", "whom", "whose", "where", "when", "why", "how"})
 COPULA = frozenset({"is", "are", "was", "were"})

@@ -1,7 +1,8 @@
 """Rule-based first-word rewrites: per target word, rules specific to the query's form, then generic frames.
 
 ``OneWordRewriter`` is the deterministic, offline stand-in for the paper's LLM-written attack files: it
-rewrites a query so that it starts with the target word ("What", "Share", "Can", "Please").
+rewrites a query so that it starts with the target word ("What", "Share", "Can", "Please"). The attack sets
+(``eval/attacks``) and the synthetic corpus's K-shot files (``data/synthetic.py``) both rewrite with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mirage_ds.eval.attacks.grammar import AUX, Parsed, embedded_clause, parse_query
+from mirage_ds.specs.grammar import AUX, Parsed, embedded_clause, parse_query
 
 
 @dataclass(frozen=True)

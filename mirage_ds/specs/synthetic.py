@@ -1,6 +1,6 @@
 """The synthetic corpus's spec, torch-free: recipes carry it as ``data.synthetic`` and validate without torch.
 
-``data/synthetic.py`` builds the corpus from it.
+``data/synthetic.py`` builds the corpus from it; ``models/pretrained.py`` keys the embedded base on it.
 """
 
 from __future__ import annotations
