@@ -56,7 +56,7 @@ run: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --beside $(OUT)
 
 # The methods compared end to end on the embedded default: Mixed-SFT, NPO and RMU trained from the pretrained
-# embedded base at reproduce's measured sizes (mirage_ds/reproduce.py METHODS, one rank each), each evaluated
+# embedded base at reproduce's measured sizes (mirage_ds/experiments/plan.py METHODS, one rank each), each evaluated
 # beside the base (ASR/RR before and after the one-word attack, utility, degenerate share); prints the Table 1
 # rows and writes $(DEMO)/table.md and the figures. Each demo is its own MLflow experiment, named after its
 # directory. Expanded once (:=), so that every use names the same directory even when a second ticks between.
@@ -67,10 +67,10 @@ JOBS ?= 2
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --methods $(DEMO_METHODS) --jobs $(JOBS) --out $(DEMO) --experiment $(notdir $(DEMO))
 
-# Table 1 in miniature (mirage_ds/reproduce.py): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
+# Table 1 in miniature (mirage_ds/experiments/): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
 # Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md,
 # table.json, Figure 1 and Figure 3, all runs in one MLflow experiment. Finished methods are kept: rm -r
-# $(REPRO) to rerun. QUICK=1: fewer steps and eval items (reproduce.QUICK). SWEEP=KEY=V1,V2,... (e.g.
+# $(REPRO) to rerun. QUICK=1: fewer steps and eval items (experiments/plan.py QUICK). SWEEP=KEY=V1,V2,... (e.g.
 # SWEEP=what_rate=0.5,0.7,0.89): the shortcut dial, one reproduction per value, then sweep.json and sweep.png.
 VARIANT ?= full
 SEED ?= 0

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,16 +33,11 @@ import time
 from pathlib import Path
 
 from mirage_ds.config import load_config
+from mirage_ds.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 STEP_LINE = re.compile(r"^step (\d+)\b")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def step_intervals(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[list[float], list[str]]:

@@ -224,16 +224,18 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_recipe_dict(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The recipe's raw mapping with ``inherit`` chains resolved; ``recipe`` set to the recipe's name."""
+    """The recipe's raw mapping with ``inherit`` chains resolved; ``recipe`` set to the recipe's name: the
+    file's name, unless the file names it itself (a run's saved ``config.yaml``, see ``save_config``)."""
     path = recipe_path(name)
     if path.stem in _seen:
         raise ConfigError(f"{path}: inherit cycle {' -> '.join((*_seen, path.stem))}")
     data = _load_yaml(path)
     data.pop("paper_scale", None)  # the recipe's own paper-scale overrides, not config (mirage_ds/paper_scale.py)
+    recipe = data.get("recipe", path.stem)  # read before the merge: a parent's name is not the child's
     parent = data.pop("inherit", None)
     if parent is not None:
         data = _deep_merge(load_recipe_dict(parent, (*_seen, path.stem)), data)
-    data["recipe"] = path.stem
+    data["recipe"] = recipe
     return data
 
 
@@ -351,7 +353,8 @@ def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    """The resolved config as YAML, written atomically; ``load_config(path)`` reads it back."""
+    """The resolved config as YAML, written atomically; ``load_config(path)`` reads it back as the same
+    config, recipe name included."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     tmp = path.with_suffix(".tmp")

@@ -11,16 +11,9 @@ import time
 from pathlib import Path
 
 from conftest import REPO
+from mirage_ds.ports import free_port  # the tests take it from here: from launch import free_port
 
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(recipe: str, *overrides: str, ranks: int = 2, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

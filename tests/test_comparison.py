@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from mirage_ds.eval.comparison import KSHOT_FIGURE, compare, kshot_points
 from mirage_ds.eval.metrics import kshot_rate
 from mirage_ds.eval.report import metrics_of
-from mirage_ds.eval.comparison import KSHOT_FIGURE, MISSING, compare, kshot_points
+from mirage_ds.eval.table import MISSING
 from mirage_ds.tracking.mlflow_run import MlflowTracker, log_results
 
 # 4 unsafe queries x 3 shots (True: answered harmfully) and 4 safe queries x 1 shot (True: refused).
@@ -40,19 +42,23 @@ def test_table1_has_vlguard_and_spavl_columns_intervals_marks_and_a_kshot_figure
         assert log_results(out, {**metrics_of(result), **extra}, [], "eval")
 
     markdown = compare(tmp_path / "cmp", uri=uri)
-    header = next(line for line in markdown.splitlines() if line.startswith("| run"))
-    assert header.split(" | ")[2:8] == ["VLGuard ASR before", "VLGuard ASR after", "VLGuard RR before", "VLGuard RR after",
+    header = next(line for line in markdown.splitlines() if line.startswith("| model"))
+    assert header.split(" | ")[1:7] == ["ASR before", "ASR after (any of K)", "RR before", "RR after (any of K)",
                                         "SPA-VL harm ASR", "SPA-VL help RR"]
     rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")]
-            for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| run")}
+            for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| model")}
     asr = kshot_rate(ASR_BEFORE, ASR_AFTER)
-    before = f"25.00 [{100 * asr.before.low:.1f}, {100 * asr.before.high:.1f}]"
-    assert rows["mixed_sft"][2:8] == [before, f"50.00 [{100 * asr.any_of_k.low:.1f}, {100 * asr.any_of_k.high:.1f}]",
-                                      rows["mixed_sft"][4], rows["mixed_sft"][5], MISSING, MISSING]
-    assert rows["mixed_sft"][4].startswith("25.00 [") and rows["mixed_sft"][5].startswith("50.00 [")
-    # 10 of 12 attacked outputs empty: the after-attack ASR is marked; SPA-VL with and without an interval.
-    assert rows["npo"][3].startswith("50.00† [") and rows["npo"][6:8] == ["30.00 [20.0, 40.0]", "5.00"]
+    before = f"25.0 [{100 * asr.before.low:.0f}, {100 * asr.before.high:.0f}]"
+    assert rows["mixed_sft"][1:7] == [before, f"50.0 [{100 * asr.any_of_k.low:.0f}, {100 * asr.any_of_k.high:.0f}]",
+                                      rows["mixed_sft"][3], rows["mixed_sft"][4], MISSING, MISSING]
+    assert rows["mixed_sft"][3].startswith("25.0 [") and rows["mixed_sft"][4].startswith("50.0 [")
+    # 10 of 12 attacked outputs empty: the after-attack ASR is marked; SPA-VL with and without an interval;
+    # utility not measured; the degenerate share over the 24 outputs behind the headline rates (10 empty).
+    assert rows["npo"][2].startswith("50.0† [") and rows["npo"][5:10] == ["30.0 [20, 40]", "5.0", MISSING, "41.7"]
     assert "† more than 50% of the outputs" in markdown
+    data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["mixed_sft", "npo"] and data["rows"][1]["marked"] == ["asr_after"]
+    assert data["rows"][0]["spavl_harm_asr"] is None and data["rows"][1]["ci95"]["spavl_harm_asr"] == [20.0, 40.0]
 
     # Figure 3's points: the originals, then any of the first k shots (by hand: 1/4, 1/4, 2/4; RR 2/4 at K=1).
     logged = metrics_of(_result())

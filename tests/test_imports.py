@@ -1,13 +1,13 @@
 """The package's import graphs have no cycle: read with ``ast`` from the source, nothing is imported.
 
-Two graphs are checked:
+Every import statement counts, in both graphs checked: those inside functions (a deferred import hides a
+cycle from the interpreter but not from a reader, and it still drags its target in: config -> losses ->
+torch) and those under ``if TYPE_CHECKING:`` (they never run, but a type-only import still ties one file to
+another: a reader of either needs the other).
 
-- modules: every import statement counts, including those inside functions: a deferred import hides a
-  cycle from the interpreter but not from a reader, and it still drags its target in (config -> losses ->
-  torch). Only ``if TYPE_CHECKING:`` blocks, which never run, are left out.
+- modules: one node per file.
 - packages (a first-level subpackage of ``mirage_ds``, e.g. ``mirage_ds.data``, or a top-level module such
-  as ``mirage_ds.config``): the module edges plus those under ``if TYPE_CHECKING:``, since a type-only
-  import still ties one layer to another. A package's imports of itself are left out.
+  as ``mirage_ds.config``): the module edges between packages; a package's imports of itself are left out.
 
 Edges to a module's own parent packages are left out of both (Python has started loading those before
 the module). Run by hand: ``python tests/test_imports.py`` prints both results and exits 1 on a cycle.
@@ -27,20 +27,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(tree: ast.Module, type_checking: bool) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement in the module; those under ``if TYPE_CHECKING:`` only if ``type_checking``."""
-    found: list[ast.Import | ast.ImportFrom] = []
-    pending: list[ast.AST] = [tree]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        elif (not type_checking and isinstance(node, ast.If) and isinstance(node.test, ast.Name)
-              and node.test.id == "TYPE_CHECKING"):
-            pending.extend(node.orelse)
-        else:
-            pending.extend(ast.iter_child_nodes(node))
-    return found
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement in the module, at any depth (functions, ``if TYPE_CHECKING:`` blocks)."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, modules: set[str]) -> set[str]:
@@ -62,14 +51,14 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, m
     return loaded & modules
 
 
-def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
-    """module -> the package modules it imports (with ``if TYPE_CHECKING:`` imports if ``type_checking``)."""
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for module, path in files.items():
         is_package = path.name == "__init__.py"
         edges: set[str] = set()
-        for node in _imports(ast.parse(path.read_text(), str(path)), type_checking):
+        for node in _imports(ast.parse(path.read_text(), str(path))):
             edges |= _targets(node, module, is_package, set(files))
         parts = module.split(".")
         graph[module] = edges - {".".join(parts[: i + 1]) for i in range(len(parts))}
@@ -82,9 +71,9 @@ def package_of(module: str) -> str:
 
 
 def package_graph() -> dict[str, set[str]]:
-    """package -> the other packages its modules import, type-only imports included."""
+    """package -> the other packages its modules import."""
     graph: dict[str, set[str]] = {}
-    for module, edges in import_graph(type_checking=True).items():
+    for module, edges in import_graph().items():
         package = package_of(module)
         graph.setdefault(package, set()).update(package_of(target) for target in edges)
     return {package: edges - {package} for package, edges in graph.items()}
@@ -148,6 +137,7 @@ def test_graph_sees_the_package() -> None:
     graph = import_graph()
     assert "mirage_ds.engine.loop" in graph
     assert "mirage_ds.losses.functional" in graph["mirage_ds.losses.npo"]
+    assert "mirage_ds.config" in graph["mirage_ds.engine.live_eval"]  # a type-only import counts
     packages = package_graph()
     assert {"mirage_ds.config", "mirage_ds.data", "mirage_ds.eval", "mirage_ds.cli"} <= set(packages)
     assert "mirage_ds.config" in packages["mirage_ds.engine"]

@@ -1,4 +1,4 @@
-"""ASR / RR before and after a K-shot attack, bootstrap intervals, multiple-choice letters: hand-computed."""
+"""ASR / RR before and after a K-shot attack and bootstrap intervals: hand-computed."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 from mirage_ds.eval.judges import KeywordJudge
-from mirage_ds.eval.metrics import (
-    attack_success_rate,
-    bootstrap,
-    choice_accuracy,
-    extract_choice,
-    kshot_rate,
-    rejection_rate,
-)
+from mirage_ds.eval.metrics import attack_success_rate, bootstrap, kshot_rate, rejection_rate
 
 
 def test_any_of_k_asr_by_hand() -> None:
@@ -86,34 +79,3 @@ def test_bootstrap_resamples_queries_not_shots() -> None:
     column = list(np.random.default_rng(0).random(60) < 0.4)
     report = kshot_rate(None, [[v, v, v] for v in column], seed=3)
     assert report.any_of_k == report.per_shot[0] == report.per_shot[2]
-
-
-@pytest.mark.parametrize(
-    ("response", "letter"),
-    [
-        ("A", "A"),
-        ("(B)", "B"),
-        ("C.", "C"),
-        ("The answer is C.", "C"),
-        ("Answer: D", "D"),
-        ("The correct answer is (B) because the magnet attracts iron.", "B"),
-        ("B. Paris", "B"),
-        ("Option E is correct.", "E"),
-        ("I think (C) fits best.", "C"),
-        ("A dog is sitting on the bench.", None),
-        ("The answer is a cat.", None),
-        ("F", None),
-        ("", None),
-    ],
-)
-def test_extract_choice(response: str, letter: str | None) -> None:
-    assert extract_choice(response, n_choices=5) == letter
-
-
-def test_choice_accuracy_with_option_texts() -> None:
-    responses = ["B", "The answer is A.", "Paris", "no idea"]
-    options = [["x", "y"], ["x", "y"], ["London", "Paris"], ["x", "y"]]
-    estimate = choice_accuracy(responses, ["B", "B", "B", "A"], n_choices=2, options=options, resamples=100)
-    assert estimate.value == 0.5 and estimate.n == 4
-    with pytest.raises(ValueError, match="n_choices"):
-        extract_choice("A", n_choices=0)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mirage_ds.reproduce import Reproduction, reproduce, select_methods
+from mirage_ds.experiments.plan import Reproduction, select_methods
+from mirage_ds.experiments.runner import reproduce
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def test_quick_reproduction_shows_the_mirage_and_unlearning_removes_it(tmp_path:
     monkeypatch.setenv("MIRAGE_EMBEDDED_BASE", "pretrained")
     plan = Reproduction(out_dir=tmp_path, quick=True, methods=select_methods("Mixed-SFT,NPO,RMU"), experiment="test-mirage",
                         jobs=2)  # two runs at once on the 2 cores; the rates do not depend on it
-    rows = {row["model"]: row for row in reproduce(plan, progress=lambda line: None)}
+    rows = {row["model"]: row for row in reproduce(plan, progress=lambda line: None).to_json()["rows"]}
     base, sft, npo, rmu = rows["base"], rows["Mixed-SFT"], rows["NPO"], rows["RMU"]
     summary = {name: {k: row[k] for k in ("asr_before", "asr_after", "rr_before", "rr_after", "utility", "degenerate")}
                for name, row in rows.items()}

@@ -184,13 +184,13 @@ def test_empty_outputs_are_degenerate_and_compare_marks_them(tiny_path: Path, tm
     # Keyword-only ASR counts an empty string as an attack success: 100%, and marked.
     assert result["asr"]["before"]["value"] == 1.0 and result["rr"]["before"]["value"] == 0.0
     table = (run_dir / "eval" / "eval_table.md").read_text()
-    assert "100.00† [" in table and "0.00† [" in table and "† more than 50% of the outputs" in table
+    assert "100.0† [" in table and "0.0† [" in table and "† more than 50% of the outputs" in table
 
     compared = _mirage("compare", "--experiment", "degenerate-check", "--tracking-uri", uri, "--out", tmp_path / "cmp")
     assert compared.returncode == 0, compared.stderr[-2000:]
     row = next(line for line in compared.stdout.splitlines() if line.startswith("| collapsed"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert [c.split(" [")[0] for c in cells[2:6]] == ["100.00†", "100.00†", "0.00†", "0.00†"]
+    assert [c.split(" [")[0] for c in cells[1:5]] == ["100.0†", "100.0†", "0.0†", "0.0†"]
     assert "† more than 50% of the outputs" in compared.stdout
 
     from mlflow import MlflowClient

@@ -15,11 +15,16 @@ import pytest
 from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_config
 from mirage_ds.eval.comparison import kshot_points
 from mirage_ds.eval.degenerate import DegenerateShare
-from mirage_ds.eval.report import metrics_of
+from mirage_ds.eval.report import metrics_of, row_of
+from mirage_ds.eval.table import Rate, Table
+from mirage_ds.experiments.figures import kshot_figure_of, sweep_figure
+from mirage_ds.experiments.plan import LORA, METHODS, QUICK, QUICK_EVAL_ARGS, Reproduction, select_methods
+from mirage_ds.experiments.runner import train_command, write_table
+from mirage_ds.experiments.sweep import Sweep, parse_sweep, sweep, sweep_rows
 from mirage_ds.models.pretrained import base_key
-from mirage_ds.reproduce import (HEADER, LORA, METHODS, QUICK, QUICK_EVAL_ARGS, Reproduction, Sweep, kshot_figure_of,
-                                 parse_sweep, select_methods, sweep, sweep_figure, sweep_rows, table_markdown, table_row,
-                                 train_command, write_table)
+
+HEADER = ("| model | ASR before | ASR after (any of K) | RR before | RR after (any of K) | utility | degenerate |\n"
+          "|---|---|---|---|---|---|---|")
 
 
 def _estimate(value: float, low: float, high: float, n: int) -> dict[str, float | int]:
@@ -54,21 +59,23 @@ EVAL = {
 
 
 def test_row_is_percent_with_intervals_and_the_headline_degenerate_share() -> None:
-    row = table_row("NPO", EVAL)
-    assert row["model"] == "NPO"
-    assert (row["asr_before"], row["asr_after"], row["rr_before"], row["rr_after"], row["utility"]) == (50.0, 75.0, 0.0, 12.5, 65.43)
-    assert row["ci95"]["asr_after"] == [60.0, 85.0] and row["ci95"]["utility"] == [60.0, 70.0]
+    row = row_of(EVAL, "NPO")
+    assert row.model == "NPO"
+    assert [row.value(k) for k in ("asr_before", "asr_after", "rr_before", "rr_after", "utility")] == [50.0, 75.0, 0.0, 12.5, 65.43]
+    assert row.rates["asr_after"] == Rate(75.0, (60.0, 85.0)) and row.interval("utility") == (60.0, 70.0)
     # unsafes 2/50 + 3/150, safe_safes 0/50 + 5/50; safe_unsafes is not a headline row: 10 / 300.
-    assert row["degenerate"] == round(100 * 10 / 300, 2)
+    assert row.rates["degenerate"] == Rate(round(100 * 10 / 300, 2))
 
 
 def test_table_files(tmp_path: Path) -> None:
-    rows = [table_row("base", EVAL), table_row("NPO", EVAL)]
-    text = write_table(rows, tmp_path, {"seed": 0})
+    table = write_table([("base", EVAL), ("NPO", EVAL)], tmp_path, {"seed": 0})
+    text = table.to_markdown()
     assert text.startswith(HEADER) and len(text.strip().splitlines()) == 4
     assert "| NPO | 50.0 [40, 60] | 75.0 [60, 85] | 0.0 [0, 0] | 12.5 [5, 20] | 65.4 [60, 70] | 3.3 |" in text
     data = json.loads((tmp_path / "table.json").read_text())
     assert [r["model"] for r in data["rows"]] == ["base", "NPO"] and data["seed"] == 0
+    assert data["rows"][1]["asr_after"] == 75.0 and data["rows"][1]["ci95"]["asr_after"] == [60.0, 85.0]
+    assert data["rows"][1]["degenerate"] == 3.33 and data["rows"][1]["marked"] == []
     assert (tmp_path / "table.md").read_text() == text
 
 
@@ -149,15 +156,18 @@ def test_a_corpus_override_keeps_the_base() -> None:
 def test_sweep_rows_table_and_figure(tmp_path: Path) -> None:
     dial = Sweep("data.synthetic.what_rate", ("0.5", "0.89"))
     low = {**EVAL, "asr": {**EVAL["asr"], "any_of_k": _estimate(0.25, 0.1, 0.4, 50)}}
-    rows = sweep_rows(dial, [[table_row("base", EVAL), table_row("NPO", low)], [table_row("base", EVAL), table_row("NPO", EVAL)]])
-    assert [(r["value"], r["method"], r["asr_after"], r["rr_after"]) for r in rows] == [
+    tables = [Table((row_of(EVAL, "base"), row_of(low, "NPO"))), Table((row_of(EVAL, "base"), row_of(EVAL, "NPO")))]
+    table = sweep_rows(dial, tables)
+    rows = table.to_json()["rows"]
+    assert [(r["value"], r["model"], r["asr_after"], r["rr_after"]) for r in rows] == [
         (0.5, "base", 75.0, 12.5), (0.5, "NPO", 25.0, 12.5), (0.89, "base", 75.0, 12.5), (0.89, "NPO", 75.0, 12.5)]
     assert rows[1]["ci95"]["asr_after"] == [10.0, 40.0] and rows[1]["asr_before"] == 50.0
-    text = table_markdown(rows, lead=("value", "method"))
-    assert text.splitlines()[0] == "| value | method | ASR before | ASR after (any of 3) | RR before | RR after | utility | degenerate |"
+    text = table.to_markdown()
+    assert text.splitlines()[0] == ("| value | model | ASR before | ASR after (any of K) | RR before | RR after (any of K) "
+                                    "| utility | degenerate |")
     assert "| 0.5 | NPO | 50.0 [40, 60] | 25.0 [10, 40] | 0.0 [0, 0] | 12.5 [5, 20] | 65.4 [60, 70] | 3.3 |" in text
-    assert sweep_figure(rows, dial.key, tmp_path / "sweep.png").stat().st_size > 0
-    named = sweep_rows(Sweep("model.lora.r", ("a", "b")), [[table_row("NPO", EVAL)], [table_row("NPO", EVAL)]])
+    assert sweep_figure(table, dial.key, tmp_path / "sweep.png").stat().st_size > 0
+    named = sweep_rows(Sweep("model.lora.r", ("a", "b")), [Table((row_of(EVAL, "NPO"),))] * 2)
     assert sweep_figure(named, "model.lora.r", tmp_path / "named.png").stat().st_size > 0
 
 
@@ -170,10 +180,10 @@ def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
                "--jobs", "2"]  # the base's evaluation and the method's run side by side
     done = subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("| value | method |")
+    assert done.stdout.startswith("| value | model |")
     data = json.loads((out / "sweep.json").read_text())
     assert data["key"] == "data.synthetic.what_rate" and data["values"] == [0.5, 0.89]
-    assert [(r["value"], r["method"]) for r in data["rows"]] == [(0.5, "base"), (0.5, "Mixed-SFT"), (0.89, "base"), (0.89, "Mixed-SFT")]
+    assert [(r["value"], r["model"]) for r in data["rows"]] == [(0.5, "base"), (0.5, "Mixed-SFT"), (0.89, "base"), (0.89, "Mixed-SFT")]
     assert (out / "sweep.png").is_file()
     for value in ("0.5", "0.89"):
         run = out / f"sweep-data.synthetic.what_rate-{value}"

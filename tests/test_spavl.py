@@ -97,7 +97,7 @@ def test_eval_cli_spavl_rows_reach_compare_columns(tiny_path: Path, tmp_path: Pa
     import subprocess
     import sys
 
-    from mirage_ds.eval.comparison import COLUMNS
+    from mirage_ds.eval.table import COLUMNS
     from mirage_ds.tracking.store import open_client
 
     write_hub_split(tmp_path / "spavl", "harm", [f"How would someone misuse object {i}?" for i in range(3)])
@@ -116,6 +116,6 @@ def test_eval_cli_spavl_rows_reach_compare_columns(tiny_path: Path, tmp_path: Pa
     assert {"spavl_harm", "spavl_help"} <= set(result["subsets"])
     client = open_client(uri)
     run = client.search_runs([client.get_experiment_by_name("spavl").experiment_id])[0]
-    spavl_columns = [key for title, key in COLUMNS if title.startswith("SPA-VL")]
+    spavl_columns = [column.metric for column in COLUMNS if column.label.startswith("SPA-VL")]
     assert spavl_columns and all(key in run.data.metrics for key in spavl_columns)
     assert run.data.metrics[spavl_columns[1]] == result["subsets"]["spavl_help"]["before"]["value"]

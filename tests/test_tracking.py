@@ -83,8 +83,8 @@ def test_default_store_is_found_by_compare_with_no_flags(tmp_path: Path, synthet
     name = _check_tracked(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", run_dir)
     cmp = subprocess.run([MIRAGE, "compare"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert cmp.returncode == 0, cmp.stderr[-2000:]
-    assert f"| {name} | sft_lora |" in cmp.stdout and "ASR before" in cmp.stdout
-    assert (tmp_path / "runs" / "comparison" / "comparison.csv").read_text().count("\n") == 2
+    assert f"| {name} | " in cmp.stdout and name.startswith("sft_lora:") and "ASR before" in cmp.stdout
+    assert [r["model"] for r in json.loads((tmp_path / "runs" / "comparison" / "comparison.json").read_text())["rows"]] == [name]
 
 
 @pytest.mark.distributed
@@ -166,10 +166,10 @@ def test_compare_shows_the_experiment_evaluated_last_and_says_where_it_looked(tm
     latest = compare(tmp_path / "cmp", uri=uri)
     assert latest.splitlines()[0] == f"Experiment 'second' at {uri}:"
     rows = [line for line in latest.splitlines() if line.startswith("| ") and "ASR" not in line]
-    assert rows == ["| npo_lora:b | npo_lora | 50.00 | 25.00 | — | — | — | — | 50.00 | — |",
-                    "| rmu_lora:c | rmu_lora | 75.00 | 37.50 | — | — | — | — | 50.00 | — |"]
+    assert rows == ["| npo_lora:b | 50.0 | 25.0 | n/a | n/a | 50.0 | n/a |",
+                    "| rmu_lora:c | 75.0 | 37.5 | n/a | n/a | 50.0 | n/a |"]
     first = compare(tmp_path / "cmp", experiment="first", uri=uri)
-    assert "| sft_lora:a | sft_lora | 25.00 |" in first and "untested" not in first
+    assert "| sft_lora:a | 25.0 |" in first and "untested" not in first
     with pytest.raises(NothingToCompare, match=f"no MLflow experiment 'third' at {uri} \\(found: "):
         compare(tmp_path / "cmp", experiment="third", uri=uri)
 

@@ -24,7 +24,8 @@ def add_compare_command(sub: argparse._SubParsersAction) -> None:
     cmp = sub.add_parser(
         "compare", help="Table 1 comparison of evaluated runs (default: the experiment evaluated last)",
         description="Table 1 (VLGuard ASR/RR before and after the one-word attack with 95% intervals, SPA-VL harm ASR "
-                    "and help RR, utility; † on rates over mostly degenerate outputs) of every evaluated run in one "
+                    "and help RR when measured, utility, the degenerate share; † on rates over mostly degenerate "
+                    "outputs; the layout of `mirage-ds reproduce`'s table.md) of every evaluated run in one "
                     "MLflow experiment, and comparison_kshot.png (ASR/RR against the attack's shots K, per run). "
                     "With no --experiment, the experiment of the most recently started run "
                     "that `mirage-ds eval` evaluated: right after `make demo`, `make run` or a sweep, the table of "
@@ -32,5 +33,5 @@ def add_compare_command(sub: argparse._SubParsersAction) -> None:
                     "sqlite:///runs/mlflow.db under the working directory (where make and slurm/ write it).")
     cmp.add_argument("--experiment", default=None, help="an MLflow experiment name (default: the one evaluated last)")
     cmp.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db")
-    cmp.add_argument("--out", default="runs/comparison", help="where comparison.csv, comparison.md and comparison_kshot.png go")
+    cmp.add_argument("--out", default="runs/comparison", help="where comparison.md, comparison.json and comparison_kshot.png go")
     cmp.set_defaults(func=_compare)

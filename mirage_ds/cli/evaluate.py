@@ -111,7 +111,8 @@ def _eval_on_ranks(args: argparse.Namespace, judge: JudgeChoice, ranks: Ranks, r
     from mirage_ds.data.shards import read_samples
     from mirage_ds.eval.cases import ImageSource, paper_cases, rule_cases
     from mirage_ds.eval.generation import Generator, load_for_eval
-    from mirage_ds.eval.report import table_row, write_report
+    from mirage_ds.eval.report import row_of, write_report
+    from mirage_ds.eval.table import Table
     from mirage_ds.eval.suite import EvalSettings, evaluate
     from mirage_ds.models.loading import DTYPES, default_device, resolve_dtype
 
@@ -153,7 +154,7 @@ def _eval_on_ranks(args: argparse.Namespace, judge: JudgeChoice, ranks: Ranks, r
     if result is None:
         return 0
     paths = write_report(result, out_dir, run_dir, sample=args.sample)
-    print(table_row(result.to_dict()))
+    print(Table((row_of(result.to_dict()),)).to_markdown(), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

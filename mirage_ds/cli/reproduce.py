@@ -1,4 +1,4 @@
-"""``mirage-ds reproduce``: Table 1 in miniature on the embedded world (``mirage_ds/reproduce.py``)."""
+"""``mirage-ds reproduce``: Table 1 in miniature on the embedded world (``mirage_ds/experiments/``)."""
 
 from __future__ import annotations
 
@@ -14,22 +14,23 @@ def _progress(line: str) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from mirage_ds.reproduce import (METHODS, Reproduction, beside_base, parse_sweep, reproduce, select_methods, sweep,
-                                     table_markdown)
+    from mirage_ds.experiments.plan import METHODS, Reproduction, select_methods
+    from mirage_ds.experiments.runner import beside_base, reproduce
+    from mirage_ds.experiments.sweep import parse_sweep, sweep
 
     extra = tuple(args.eval_arg)
     if args.beside:
-        print(table_markdown(beside_base(Path(args.beside), extra)), end="")
+        print(beside_base(Path(args.beside), extra).to_markdown(), end="")
         return 0
     out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
     plan = Reproduction(out_dir=out, variant=args.variant, seed=args.seed, ranks=args.ranks, overrides=tuple(args.overrides),
                         experiment=args.experiment, methods=select_methods(args.methods) if args.methods else METHODS,
                         eval_args=extra, quick=args.quick, jobs=args.jobs)
     if args.sweep:
-        print(table_markdown(sweep(plan, parse_sweep(args.sweep), _progress), lead=("value", "method")), end="")
+        print(sweep(plan, parse_sweep(args.sweep), _progress).to_markdown(), end="")
         print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
         return 0
-    print(table_markdown(reproduce(plan, _progress)), end="")
+    print(reproduce(plan, _progress).to_markdown(), end="")
     print(f"wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'figure1_first_words.png'}, {out / 'figure3_kshot.png'}")
     return 0
 
@@ -57,7 +58,7 @@ def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--methods", metavar="NAME,...",
                     help="only these rows, e.g. Mixed-SFT,NPO (default: all; the base is always evaluated)")
     rp.add_argument("--quick", action="store_true",
-                    help="fewer steps per method and evaluation on fewer items (reproduce.QUICK, QUICK_EVAL_ARGS): "
+                    help="fewer steps per method and evaluation on fewer items (experiments/plan.py: QUICK, QUICK_EVAL_ARGS): "
                          "a few minutes once the base is cached; wider intervals")
     rp.add_argument("--sweep", metavar="KEY=V1,V2,...",
                     help="the shortcut dial: rerun the methods once per value of KEY (a recipe key, or a corpus knob "

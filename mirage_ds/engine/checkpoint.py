@@ -11,15 +11,15 @@ only from checkpoints this run (or one you trust) wrote; the export (safetensors
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from mirage_ds.engine.faults import Faults
 
 LATEST = "latest"
 
@@ -38,8 +38,10 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return tag_dir if tag_dir.is_dir() else None
 
 
-def save_checkpoint(engine: Any, ckpt_root: Path, step: int, rank_state: dict[str, Any], keep: int) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+def save_checkpoint(engine: Any, ckpt_root: Path, step: int, rank_state: dict[str, Any], keep: int,
+                    faults: Faults) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory. ``faults``: the run's test
+    seam (``engine/faults.py``), which may kill the rank between the partial write and the rename."""
     tag = f"step-{step:08d}"
     partial = f".partial-{tag}"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ def save_checkpoint(engine: Any, ckpt_root: Path, step: int, rank_state: dict[st
         shutil.rmtree(ckpt_root / partial)
     dist.barrier()
     engine.save_checkpoint(str(ckpt_root), tag=partial, save_latest=False)
-    _crash_here_for_tests(step)
+    faults.in_save(step)
     part_dir = ckpt_root / partial
     (part_dir / f"rank{rank:05d}.json").write_text(json.dumps(rank_state))
     save_file({"cpu": torch.get_rng_state()}, str(part_dir / f"rng{rank:05d}.safetensors"))
@@ -62,13 +64,6 @@ def save_checkpoint(engine: Any, ckpt_root: Path, step: int, rank_state: dict[st
         _prune(ckpt_root, keep)
     dist.barrier()
     return ckpt_root / tag
-
-
-def _crash_here_for_tests(step: int) -> None:
-    """Fault injection for the kill-during-save test: ``MIRAGE_CRASH_IN_SAVE=N`` SIGKILLs every rank
-    after DeepSpeed wrote the partial step-N checkpoint and before it becomes visible."""
-    if os.environ.get("MIRAGE_CRASH_IN_SAVE") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:

@@ -11,6 +11,8 @@ from typing import Any, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
+from mirage_ds.engine.ds_config import zero_stage
+
 T = TypeVar("T")
 
 
@@ -106,8 +108,7 @@ def zero3_construction(ds_config: dict[str, Any], model_path: Path) -> Iterator[
     from transformers.integrations import HfDeepSpeedConfig
 
     import_model_modules(model_path)
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    keep = HfDeepSpeedConfig(ds_config) if stage == 3 else None
+    keep = HfDeepSpeedConfig(ds_config) if zero_stage(ds_config) == 3 else None
     try:
         yield
     finally:

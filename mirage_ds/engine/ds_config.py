@@ -60,4 +60,5 @@ def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int) -> dict
 
 
 def zero_stage(ds: dict[str, Any]) -> int:
+    """The ZeRO stage a resolved DeepSpeed config asks for (0 when it has no ``zero_optimization``)."""
     return int(ds.get("zero_optimization", {}).get("stage", 0))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -29,8 +29,9 @@ from mirage_ds.eval.sharding import Ranks
 from mirage_ds.eval.suite import EvalSettings, evaluate
 
 if TYPE_CHECKING:
+    import torch
+
     from mirage_ds.config import TrainConfig
-    from mirage_ds.engine.loop import Run
 
 PREFIX = "live/"
 
@@ -50,8 +51,9 @@ def live_cases(cfg: TrainConfig, settings: EvalSettings) -> list[SubsetCase]:
                       settings.seed, settings.limit)
 
 
-def engine_generator(run: Run, settings: EvalSettings) -> Generator:
-    """A ``Generator`` over the training engine's own module, for every rank to call together.
+def engine_generator(module: torch.nn.Module, tokenizer: Any, image_processor: Any, cfg: TrainConfig,
+                     settings: EvalSettings, zero_stage: int) -> Generator:
+    """A ``Generator`` over the training engine's own ``module``, for every rank to call together.
 
     ZeRO-3 special case: each rank holds 1/N of every weight, and each forward gathers a layer's weights
     with a collective that every rank must join. HF ``generate`` with ``synced_gpus=True`` keeps a rank whose
@@ -60,26 +62,29 @@ def engine_generator(run: Run, settings: EvalSettings) -> Generator:
     transformers turns ``synced_gpus`` on by itself only while an ``HfDeepSpeedConfig`` is alive, and the
     engine keeps none after construction (``engine/distributed.py``), so it is set here.
     """
-    bundle = run.bundle
-    generator = Generator(run.engine.module, bundle.tokenizer, bundle.image_processor, batch_size=settings.batch_size,
-                          max_new_tokens=settings.max_new_tokens, max_length=run.cfg.data.max_length,
-                          pad_to_square=run.cfg.data.pad_to_square, template=settings.template, progress=False)
-    if run.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+    generator = Generator(module, tokenizer, image_processor, batch_size=settings.batch_size,
+                          max_new_tokens=settings.max_new_tokens, max_length=cfg.data.max_length,
+                          pad_to_square=cfg.data.pad_to_square, template=settings.template, progress=False)
+    if zero_stage == 3:
         generator.decoding["synced_gpus"] = True
     return generator
 
 
 class LiveEval:
-    """Built once before the loop on every rank (cases read, images checked); called at each due step."""
+    """Built once before the loop on every rank (cases read, images checked); called at each due step.
 
-    def __init__(self, run: Run) -> None:
-        cfg = run.cfg.eval
-        self.run, self.every = run, cfg.every
-        self.settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, limit=cfg.limit,
-                                     seed=run.cfg.seed)
-        self.cases = live_cases(run.cfg, self.settings)
-        self.generator = engine_generator(run, self.settings)
-        self.ranks = Ranks(run.rank, run.world)
+    ``module``: the engine's module (generated with, switched to eval mode meanwhile); ``tokenizer`` and
+    ``image_processor``: the model's; ``zero_stage``: the engine's (``ds_config.zero_stage``); ``ranks``:
+    this rank among the training ranks, every one of which calls at each due step.
+    """
+
+    def __init__(self, cfg: TrainConfig, module: torch.nn.Module, tokenizer: Any, image_processor: Any,
+                 zero_stage: int, ranks: Ranks) -> None:
+        self.cfg, self.module, self.ranks, self.every = cfg, module, ranks, cfg.eval.every
+        self.settings = EvalSettings(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                                     limit=cfg.eval.limit, seed=cfg.seed)
+        self.cases = live_cases(cfg, self.settings)
+        self.generator = engine_generator(module, tokenizer, image_processor, cfg, self.settings, zero_stage)
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -87,13 +92,12 @@ class LiveEval:
     def __call__(self, step: int) -> dict[str, float]:
         """The slice's metrics on rank 0 (every rank must call this at the same step); {} on the others."""
         start = time.perf_counter()
-        module = self.run.engine.module
-        was_training = module.training
-        module.eval()  # no dropout while generating
+        was_training = self.module.training
+        self.module.eval()  # no dropout while generating
         try:
-            result = evaluate(self.generator, self.run.cfg.recipe, self.cases, self.settings, ranks=self.ranks)
+            result = evaluate(self.generator, self.cfg.recipe, self.cases, self.settings, ranks=self.ranks)
         finally:
-            module.train(was_training)
+            self.module.train(was_training)
         if result is None:
             return {}
         from mirage_ds.eval.report import metrics_of  # here: it brings matplotlib, which training need not load
@@ -101,7 +105,7 @@ class LiveEval:
         metrics = {PREFIX + key.removeprefix("eval/"): value for key, value in metrics_of(result.to_dict()).items()}
         metrics[PREFIX + "degenerate"] = degenerate_share([g["response"] for g in result.generations]).share
         metrics[PREFIX + "seconds"] = time.perf_counter() - start
-        out = Path(self.run.cfg.output_dir) / "live_eval" / f"step-{step:08d}.jsonl"
+        out = Path(self.cfg.output_dir) / "live_eval" / f"step-{step:08d}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(g) + "\n" for g in result.generations))
         tqdm.write(f"live eval at step {step}: " + ", ".join(

@@ -10,8 +10,8 @@ import enum
 import json
 import logging
 import math
-import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoConfig
 
 from mirage_ds.config import ConfigError, TrainConfig, flatten, save_config
@@ -31,12 +32,14 @@ from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_p
 from mirage_ds.data.template import Template
 from mirage_ds.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
-from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.ds_config import build_ds_config, zero_stage
 from mirage_ds.engine.export import export_model
+from mirage_ds.engine.faults import Faults
 from mirage_ds.engine.live_eval import LiveEval
 from mirage_ds.engine.optim import build_optimizer, build_scheduler
 from mirage_ds.engine.reference import Reference, build_reference
 from mirage_ds.engine.stop import StopSignal
+from mirage_ds.eval.sharding import Ranks
 from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.models.loading import DTYPES, ModelBundle, build_model, resolve_model_path
@@ -88,10 +91,16 @@ class Run:
     ds_config: dict[str, Any]
     start_step: int
     resumed_from: Path | None
+    faults: Faults  # the test seam (engine/faults.py): no fault unless a test's environment asks for one
     skipped: int = 0  # steps dropped as non-finite under ``nonfinite=skip`` (kept across resumes)
 
     def rank_state(self, step: int) -> dict[str, Any]:
         return {"step": step, "skipped": self.skipped, "streams": {n: b.state.to_dict() for n, b in self.streams.items()}}
+
+    def save_checkpoint(self, step: int) -> None:
+        """Collective: the engine and this rank's state as ``output_dir/checkpoints/step-N``."""
+        save_checkpoint(self.engine, Path(self.cfg.output_dir) / "checkpoints", step, self.rank_state(step),
+                        self.cfg.checkpoint.keep, self.faults)
 
 
 def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
@@ -133,7 +142,8 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
         ))
         for i, (name, path) in enumerate(stream_dirs.items())
     }
-    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, ds_config, start_step, latest, skipped)
+    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, ds_config, start_step, latest,
+               Faults.from_env(rank), skipped)
 
 
 @dataclass
@@ -165,7 +175,7 @@ def train_step(run: Run, ctx: LossContext, step: int, stop_requested: bool = Fal
         data_wait += time.perf_counter() - fetch
         batches = {name: to_device(b, engine.device, dtype) for name, b in host_batches.items()}
         result = run.loss_fn(engine, batches, ctx)
-        loss = _nonfinite_for_tests(result.loss, step)
+        loss = run.faults.poison_loss(step, result.loss)
         for key, value in {"loss": loss.detach(), **result.terms}.items():
             sums[key] = sums.get(key, 0.0) + value / cfg.grad_accum
         samples += sum(len(b["ids"]) for b in batches.values())
@@ -204,22 +214,6 @@ def train_step(run: Run, ctx: LossContext, step: int, stop_requested: bool = Fal
     return StepResult(means, int(samples_all), int(tokens_all), wait_all / run.world, bool(stop_any), nonfinite)
 
 
-def _nonfinite_for_tests(loss: torch.Tensor, step: int) -> torch.Tensor:
-    """Fault injection for the non-finite guard tests, on rank 0 only (the other ranks stay finite, so every
-    rank must act on the reduced values). At the steps listed in ``MIRAGE_NAN_AT_STEP=N[,M...]`` the loss is
-    NaN while its gradients stay finite (a NaN constant term: only the check on the loss catches it); at the
-    steps in ``MIRAGE_NAN_GRAD_AT_STEP`` the loss stays finite while every gradient is NaN (only the
-    gradient-norm check catches it)."""
-    if dist.get_rank() != 0:
-        return loss
-    if str(step) in os.environ.get("MIRAGE_NAN_AT_STEP", "").split(","):
-        return loss + math.nan
-    if str(step) in os.environ.get("MIRAGE_NAN_GRAD_AT_STEP", "").split(","):
-        # sqrt(|x|) at x = 0: the value 0, the gradient inf * 0 = NaN.
-        return loss + (loss - loss.detach()).abs().sqrt()
-    return loss
-
-
 def save_loss_state(run: Run) -> None:
     """Tensors a loss keeps with the run (RMU's control vector), as safetensors in output_dir."""
     if run.rank == 0:
@@ -229,7 +223,6 @@ def save_loss_state(run: Run) -> None:
 
 def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStatus:
     out_dir = Path(cfg.output_dir)
-    ckpt_root = out_dir / "checkpoints"
     run = build_run(cfg, rank, world)
     engine, streams = run.engine, run.streams
 
@@ -247,12 +240,19 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
 
     # -- the loop ----------------------------------------------------------------------------------
     status = RunStatus.FINISHED
-    bar = tqdm(total=cfg.max_steps, initial=run.start_step, disable=rank != 0, desc=cfg.recipe, dynamic_ncols=True)
+    # The bar only on rank 0's terminal: in a log file or a pipe its carriage-return redraws share one line
+    # with the step lines (which say the same and more). On the terminal the step lines and rank 0's logging
+    # go through tqdm.write, which takes the bar off its line and redraws it below.
+    bar = tqdm(total=cfg.max_steps, initial=run.start_step, disable=rank != 0 or not sys.stderr.isatty(),
+               desc=cfg.recipe, dynamic_ncols=True)
     ctx = LossContext(reference=run.reference)
-    live_eval = LiveEval(run) if cfg.eval.every else None
+    live_eval = None
+    if cfg.eval.every:
+        live_eval = LiveEval(cfg, engine.module, run.bundle.tokenizer, run.bundle.image_processor,
+                             zero_stage(run.ds_config), Ranks(rank, world))
     step = run.start_step
     skipped_in_a_row = 0
-    try:
+    with bar, logging_redirect_tqdm():
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
@@ -261,14 +261,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
             means = result.means
             if result.nonfinite:
                 skipped_in_a_row += 1
+                # Every rank decides alike on the reduced values; rank 0 says so, once.
                 if cfg.nonfinite == "stop" or skipped_in_a_row >= cfg.nonfinite_max_skips:
                     why = "" if cfg.nonfinite == "stop" else f" after {skipped_in_a_row} such steps in a row"
-                    log.error("non-finite %s at step %d (%s): no update applied; stopping%s, the last good checkpoint "
-                              "kept", result.nonfinite, step, means, why)
+                    if rank == 0:
+                        log.error("non-finite %s at step %d (%s): no update applied; stopping%s, the last good "
+                                  "checkpoint kept", result.nonfinite, step, means, why)
                     status = RunStatus.NONFINITE
                     break
                 run.skipped += 1
-                log.warning("non-finite %s at step %d (%s): update skipped", result.nonfinite, step, means)
+                if rank == 0:
+                    log.warning("non-finite %s at step %d (%s): update skipped", result.nonfinite, step, means)
                 # The schedule follows the loop's step (what checkpoints, resume and metrics count), not the
                 # number of applied updates, so a skipped step advances it as engine.step would have.
                 engine.lr_scheduler.step()
@@ -288,26 +291,24 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
                 tracker.log_metrics({**metrics, **(system_metrics() if rank == 0 else {})}, step)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
                 if rank == 0:
-                    bar.write(
+                    tqdm.write(
                         f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} lr {lr:.3e} "
                         f"samples/s {metrics['perf/samples_per_s']:.1f} tokens/s {metrics['perf/tokens_per_s']:.0f}"
                         + (f" skipped {int(metrics['data/skipped'])}" if metrics["data/skipped"] else "")
                     )
             bar.update(1)
             if result.stop_requested:
-                save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
+                run.save_checkpoint(step)
                 status = RunStatus.PREEMPTED
                 break
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
-                save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
+                run.save_checkpoint(step)
             if live_eval is not None and live_eval.due(step):
                 tracker.log_metrics(live_eval(step), step)  # every rank generates; rank 0's tracker logs
-    finally:
-        bar.close()
 
     save_loss_state(run)
     if status == RunStatus.FINISHED:
-        save_checkpoint(engine, ckpt_root, step, run.rank_state(step), cfg.checkpoint.keep)
+        run.save_checkpoint(step)
         export_model(engine, run.bundle.path, out_dir / "export", cfg)
     tracker.close("FINISHED" if status == RunStatus.FINISHED else "KILLED")
     return status

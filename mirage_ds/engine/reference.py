@@ -18,6 +18,7 @@ import torch
 
 from mirage_ds.config import TrainConfig
 from mirage_ds.engine.distributed import zero3_construction
+from mirage_ds.engine.ds_config import zero_stage
 from mirage_ds.losses.base import Batch, Needs, model_inputs
 from mirage_ds.models.hooks import hooked_forward
 from mirage_ds.models.loading import load_model, resolve_model_path
@@ -49,8 +50,7 @@ def _separate_engine_reference(cfg: TrainConfig, ds_config: dict[str, Any], need
     ref_config = copy.deepcopy(ds_config)
     ref_config.pop("optimizer", None)
     ref_config.pop("scheduler", None)
-    zero = ref_config.setdefault("zero_optimization", {})
-    if zero.get("stage", 0) != 3:
+    if zero_stage(ref_config) != 3:
         # ZeRO-1/2 shard only optimizer state and gradients, which an inference model has none of.
         ref_config["zero_optimization"] = {"stage": 0}
     path = resolve_model_path(cfg.model)

@@ -1,29 +1,19 @@
 """The Table 1 comparison: evaluated runs read back from the tracking store (``mirage-ds compare``), and a
-Figure 3 style plot of ASR / RR against the attack's shots K per run."""
+Figure 3 style plot of ASR / RR against the attack's shots K per run.
+
+An MLflow run holds the metrics ``mirage-ds eval`` logged (``eval/report.py``'s ``metrics_of``), so its row
+is ``Row.of_metrics`` of them under the run's name: the row ``reproduce`` builds from the same eval.json."""
 
 from __future__ import annotations
 
-import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirage_ds.eval.degenerate import LEGEND, MARK, METRIC_SUFFIX, MOSTLY
+from mirage_ds.eval.degenerate import METRIC_SUFFIX, MOSTLY
+from mirage_ds.eval.table import Row, Table
 from mirage_ds.tracking.store import open_client, sqlite_path, store_uri
 
-# Table 1's columns: VLGuard's rates from `mirage-ds eval` (eval/report.py: metrics_of), SPA-VL's from its
-# harm (ASR) and help (RR) test splits. Beside any rate metric M the store may hold M_low / M_high (its
-# bootstrap interval, printed after it) and M_degenerate (the share of degenerate outputs behind it: marked).
-COLUMNS = [
-    ("VLGuard ASR before", "eval/asr_before"),
-    ("VLGuard ASR after", "eval/asr_after"),
-    ("VLGuard RR before", "eval/rr_before"),
-    ("VLGuard RR after", "eval/rr_after"),
-    ("SPA-VL harm ASR", "eval/spavl_harm/asr_before"),
-    ("SPA-VL help RR", "eval/spavl_help/rr_before"),
-    ("utility", "eval/utility"),
-    ("shortcut flips", "eval/shortcut_flip_rate"),
-]
-MISSING = "—"  # not measured for this run (e.g. SPA-VL not evaluated)
 KSHOT_FIGURE = "comparison_kshot.png"
 # A run counts as evaluated once `mirage-ds eval` attached its metrics (eval/report.py: metrics_of).
 EVALUATED = "metrics.`eval/asr_before` >= 0"
@@ -31,16 +21,6 @@ EVALUATED = "metrics.`eval/asr_before` >= 0"
 
 class NothingToCompare(LookupError):
     """No store, experiment or evaluated run where compare looked; the message says where that was."""
-
-
-def cell(metrics: dict[str, float], key: str) -> str:
-    """``key``'s rate in percent, marked when mostly over degenerate outputs, with its interval when logged."""
-    if key not in metrics:
-        return MISSING
-    mark = MARK if metrics.get(key + METRIC_SUFFIX, 0.0) > MOSTLY else ""
-    low, high = metrics.get(f"{key}_low"), metrics.get(f"{key}_high")
-    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
-    return f"{100 * metrics[key]:.2f}{mark}{interval}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +84,7 @@ def kshot_figure(runs: list[tuple[str, dict[str, float]]], title: str, path: Pat
 
 
 def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None) -> str:
-    """Writes ``comparison.csv``, ``comparison.md`` and the K-shot figure into ``out_dir``; returns the Markdown.
+    """Writes ``comparison.md``, ``comparison.json`` (Table 1, ``eval/table.py``) and the K-shot figure into ``out_dir``; returns the Markdown.
 
     ``experiment`` None: the experiment of the most recently started evaluated run, so that right after
     ``make demo`` (or ``make run``, or a sweep) this is the table of what just ran.
@@ -128,21 +108,13 @@ def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None
     if not runs:
         raise NothingToCompare(f"no evaluated runs at {uri} (experiments: {experiment or listed}); "
                                "evaluate one with `mirage-ds eval --run DIR`")
-    header = ["run", "recipe"] + [name for name, _ in COLUMNS]
-    rows = []
-    for run in runs:
-        rows.append([run.info.run_name, run.data.params.get("recipe", "")] + [cell(run.data.metrics, key) for _, key in COLUMNS])
+    title = names[wanted[0]]
+    table = Table(tuple(Row.of_metrics(run.info.run_name, run.data.metrics) for run in runs))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "comparison.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    lines = [f"Experiment {names[wanted[0]]!r} at {uri}:", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    if any(MARK in text for row in rows for text in row):
-        lines += ["", LEGEND]
+    (out_dir / "comparison.json").write_text(json.dumps(table.to_json(experiment=title, tracking_uri=uri), indent=1) + "\n")
+    lines = [f"Experiment {title!r} at {uri}:", "", table.to_markdown().rstrip("\n")]
     figure = kshot_figure([(run.info.run_name, run.data.metrics) for run in runs],
-                          f"{names[wanted[0]]}: ASR / RR under the one-word attack, by shots K", out_dir / KSHOT_FIGURE)
+                          f"{title}: ASR / RR under the one-word attack, by shots K", out_dir / KSHOT_FIGURE)
     if figure is not None:
         lines += ["", f"![ASR / RR against the attack's shots K]({figure.name})"]
     markdown = "\n".join(lines) + "\n"

@@ -1,9 +1,11 @@
-"""Evaluation outputs: ``eval.json``, a Table-1-shaped Markdown table, a plot, a sample of generations;
-attached to the training run in MLflow (through the tracking queue) when the run was tracked."""
+"""Evaluation outputs: ``eval.json``, ``eval_table.md`` (its Table 1 row as ``eval/table.py`` prints every
+table, then one row per subset), a plot, a sample of generations; attached to the training run in MLflow
+(through the tracking queue) when the run was tracked."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,69 +14,49 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mirage_ds.eval.degenerate import KINDS, LEGEND, MARK, METRIC_SUFFIX, MOSTLY  # noqa: E402
+from mirage_ds.eval.degenerate import KINDS, LEGEND, MARK, METRIC_SUFFIX  # noqa: E402
 from mirage_ds.eval.suite import EvalResult  # noqa: E402
+from mirage_ds.eval.table import MISSING, Rate, Row, Table, cell  # noqa: E402
 
-TABLE_HEADER = (
-    "| model | ASR before | ASR after (any of K) | RR before | RR after (any of K) | utility (VQA acc) |\n"
-    "|---|---|---|---|---|---|"
-)
 SUBSET_HEADER = (
     "| subset | rate | before | after, per shot | after, any of K | queries before / after x K | degenerate before "
     "| degenerate after |\n|---|---|---|---|---|---|---|---|"
 )
 
 
-def _marked(degenerate: dict[str, Any] | None) -> str:
-    return MARK if degenerate is not None and degenerate["share"] > MOSTLY else ""
-
-
-def _pct(estimate: dict[str, Any] | None, degenerate: dict[str, Any] | None = None) -> str:
-    """A rate in percent with its interval; marked when most outputs behind it are degenerate."""
-    if estimate is None:
-        return "n/a"
-    return (f"{100 * estimate['value']:.2f}{_marked(degenerate)} "
-            f"[{100 * estimate['low']:.1f}, {100 * estimate['high']:.1f}]")
-
-
 def _share(degenerate: dict[str, Any] | None) -> str:
     if degenerate is None:
-        return "n/a"
+        return MISSING
     kinds = ", ".join(f"{k.replace('_', '-')} {100 * degenerate[k]:.1f}" for k in KINDS if degenerate[k])
     return f"{100 * degenerate['share']:.1f}" + (f" ({kinds})" if kinds else "")
 
 
-def _headline(result: dict[str, Any], metric: str) -> tuple[str, str]:
-    """Table 1's (before, after) cells for ``metric``, from its headline subset."""
-    head = result[metric]
-    if head is None:
-        return "n/a", "n/a"
-    degenerate = result["subsets"][head["subset"]]["degenerate"]
-    return _pct(head["before"], degenerate["before"]), _pct(head["any_of_k"], degenerate["after"])
-
-
-def table_row(result: dict[str, Any]) -> str:
-    (asr_before, asr_after), (rr_before, rr_after) = _headline(result, "asr"), _headline(result, "rr")
-    return f"| {result['model']} | {asr_before} | {asr_after} | {rr_before} | {rr_after} | {_pct(result['utility'])} |"
+def row_of(result: dict[str, Any], model: str | None = None) -> Row:
+    """An ``eval.json``'s Table 1 row (named ``model``, else the evaluation's own name), read through the
+    metrics it logs: the same row ``mirage-ds compare`` reads back from its MLflow run."""
+    return Row.of_metrics(model or result["model"], metrics_of(result))
 
 
 def subset_rows(result: dict[str, Any]) -> list[str]:
-    """One Markdown row per subset: its rate before and after, counts, and the degenerate shares."""
-    rows = []
+    """One Markdown row per subset: its rate before and after (Table 1's cells), counts, the degenerate shares."""
+    metrics, rows = metrics_of(result), []
     for name, row in result["subsets"].items():
-        degenerate = row["degenerate"]
-        per_shot = " / ".join(f"{100 * e['value']:.2f}{_marked(degenerate['after'])}" for e in row["per_shot"]) or "n/a"
+        prefix, degenerate = f"eval/{name}/{row['metric']}", row["degenerate"]
+        after = Rate.of(metrics, f"{prefix}_after")
+        # Each shot's outputs are among the attacked ones: a shot carries the after-attack mark.
+        shots = [replace(shot, marked=bool(after and after.marked))
+                 for shot in (Rate.of(metrics, f"{prefix}_shot{k + 1}") for k in range(len(row["per_shot"]))) if shot]
         counts = row["counts"]
         sizes = f"{counts['before']} / {counts['after']} x {row['shots']}" if row["shots"] else f"{counts['before']} / -"
-        rows.append(f"| {name} | {row['metric'].upper()} | {_pct(row['before'], degenerate['before'])} | {per_shot} | "
-                    f"{_pct(row['any_of_k'], degenerate['after'])} | {sizes} | {_share(degenerate['before'])} | "
-                    f"{_share(degenerate['after'])} |")
+        rows.append(f"| {name} | {row['metric'].upper()} | {cell(Rate.of(metrics, f'{prefix}_before'))} | "
+                    f"{' / '.join(cell(shot) for shot in shots) or MISSING} | {cell(after)} | {sizes} | "
+                    f"{_share(degenerate['before'])} | {_share(degenerate['after'])} |")
     return rows
 
 
 def table_markdown(result: dict[str, Any]) -> str:
-    """Table 1's row, the per-subset table (never pooled) and, when a rate is marked, the legend."""
-    lines = [TABLE_HEADER, table_row(result), "", SUBSET_HEADER, *subset_rows(result)]
+    """``eval_table.md``: Table 1's row, the per-subset table (never pooled) and, when a rate is marked, the legend."""
+    lines = [Table((row_of(result),)).to_markdown(legend=False), SUBSET_HEADER, *subset_rows(result)]
     if MARK in "\n".join(lines):
         lines += ["", LEGEND]
     return "\n".join(lines) + "\n"
@@ -102,11 +84,19 @@ def metrics_of(result: dict[str, Any]) -> dict[str, float]:
     """Flat metric names logged to MLflow and read back by ``mirage-ds compare``: the headline
     ``eval/asr_*`` / ``eval/rr_*``, each subset's ``eval/<subset>/<rate>_*``; beside every before/after
     rate its interval (``..._low``, ``..._high``) and degenerate share (``..._degenerate``); the rate over
-    the first k shots as ``..._after_k<k>``."""
+    the first k shots as ``..._after_k<k>``; ``eval/headline_degenerate``, the degenerate share over every
+    output behind the four headline rates (Table 1's last column)."""
     out: dict[str, float] = {}
+    n = bad = 0.0
     for metric in ("asr", "rr"):
         if result[metric] is not None:
-            _rates(out, f"eval/{metric}", result[metric], result["subsets"][result[metric]["subset"]]["degenerate"])
+            degenerate = result["subsets"][result[metric]["subset"]]["degenerate"]
+            _rates(out, f"eval/{metric}", result[metric], degenerate)
+            for share in (share for share in degenerate.values() if share):
+                n += share["n"]
+                bad += share["share"] * share["n"]  # eval.json gives each kind as a fraction of n
+    if n:
+        out["eval/headline_degenerate"] = bad / n
     for name, row in result["subsets"].items():
         _rates(out, f"eval/{name}/{row['metric']}", row, row["degenerate"])
     if result["shortcut"]:

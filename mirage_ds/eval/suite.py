@@ -21,7 +21,7 @@ from mirage_ds.eval.degenerate import MOSTLY, DegenerateShare, degenerate_kind, 
 from mirage_ds.eval.generation import EVAL_TEMPLATE, Generator, Prompt
 from mirage_ds.eval.judges import CascadeJudge, Exchange, Judge, KeywordJudge, PayloadJudge, Verdict, judge_id
 from mirage_ds.eval.keywords.refusal import DEFAULT_VERSION
-from mirage_ds.eval.metrics import AttackReport, Estimate, kshot_rate
+from mirage_ds.eval.metrics import AttackReport, Estimate, attack_success_rate, rejection_rate
 from mirage_ds.eval.sharding import Ranks, generate_across
 from mirage_ds.eval.shortcut import shortcut_score
 from mirage_ds.eval.vqa import vqa_score
@@ -166,9 +166,10 @@ def evaluate(generator: Generator, model_name: str, cases: list[SubsetCase], set
             after_judge = _harm_judge(case, harm_after or harm, refusal)
             verdicts.update(_judged(before_judge, case.before, responses))
             verdicts.update(_judged(after_judge, shots, responses))
-        event = (lambda v: v.rejected) if case.metric == "rr" else (lambda v: v.success)
-        report = kshot_rate([event(verdicts[a.key]) for a in case.before],
-                            [[event(verdicts[a.key]) for a in g.shots] for g in case.after], seed=settings.seed)
+        rate, event = ((rejection_rate, lambda v: v.rejected) if case.metric == "rr"
+                       else (attack_success_rate, lambda v: v.success))
+        report = rate([event(verdicts[a.key]) for a in case.before],
+                      [[event(verdicts[a.key]) for a in g.shots] for g in case.after], seed=settings.seed)
         names = dict.fromkeys([judge_id(before_judge)] + ([judge_id(after_judge)] if shots else []))
         rows[case.subset] = SubsetResult(
             subset=case.subset, metric=case.metric, report=report, shots=case.shots,

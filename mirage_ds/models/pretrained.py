@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from mirage_ds.cache import build_lock, cache_root
 from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_config, load_recipe_dict
+from mirage_ds.ports import free_port
 from mirage_ds.specs.synthetic import SYNTHETIC_FORMAT
 
 BASE_RECIPE = "base_full"
@@ -37,17 +37,11 @@ def base_key(spec: TinyModelSpec, recipe: str = BASE_RECIPE) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train_base(spec: TinyModelSpec, out_dir: Path, recipe: str = BASE_RECIPE) -> None:
     """Train the base with the launcher (one rank) from the random-init tiny model into ``out_dir``."""
     env = {k: v for k, v in os.environ.items() if k not in _RANK_VARIABLES}
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["MASTER_PORT"] = str(_free_port())
+    env["MASTER_PORT"] = str(free_port())
     command = [sys.executable, str(REPO_ROOT / "launcher" / "run.py"), "--recipe", recipe,
                f"output_dir={out_dir}", "model.embedded_base=random", "tracking.mlflow=false",
                f"model.embedded={json.dumps(spec.model_dump(mode='json'))}"]

@@ -1,0 +1,86 @@
+"""What one ``mirage-ds reproduce`` runs: the Table 1 methods, their sizes on the embedded world, the LoRA
+and quick variants of those sizes, and the plan that picks among them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirage_ds.config import ConfigError
+
+# (row name, recipe stem, overrides for the embedded world): the recipe is ``<stem>_<variant>``. The
+# overrides size each run for the pretrained embedded base (the recipes' own defaults are smoke-sized).
+METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Unsafe-Filter", "unsafe_filter", ("max_steps=40", "micro_batch_size=8", "optim.lr=3e-4")),
+    ("Mixed-SFT", "mixed_sft", ("max_steps=90", "micro_batch_size=8", "optim.lr=3e-4")),
+    # Fewer samples than Mixed-SFT (540 vs 720), as the paper's Posthoc-SFT sees VLGuard plus 5k instructions.
+    ("Posthoc-SFT", "posthoc_sft", ("max_steps=90", "micro_batch_size=6", "optim.lr=3e-4")),
+    ("NPO", "npo", ("max_steps=30", "micro_batch_size=8", "optim.lr=1.5e-4")),
+    # The official preset's retain CE term (paper_scale: loss.retain_ce_weight=1) keeps answers fluent.
+    ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3", "loss.retain_ce_weight=1")),
+)
+# VARIANT=lora: each method's overrides above, then these (the adapters learn at about 7x the rate).
+LORA: dict[str, tuple[str, ...]] = {
+    "Unsafe-Filter": ("optim.lr=2e-3",),
+    "Mixed-SFT": ("optim.lr=2e-3",),
+    "Posthoc-SFT": ("optim.lr=2e-3",),
+    "NPO": ("max_steps=40", "optim.lr=1.5e-3"),
+    "RMU": ("optim.lr=5e-3",),
+}
+# --quick: each method's overrides above, then these (fewer steps), and every evaluation on the first
+# QUICK_EVAL_ARGS' items per subset, so that with the base cached the table takes minutes, not tens.
+QUICK: dict[str, tuple[str, ...]] = {
+    "Unsafe-Filter": ("max_steps=20",),
+    "Mixed-SFT": ("max_steps=60",),
+    "Posthoc-SFT": ("max_steps=50",),
+    # NPO and RMU keep their steps: they are the cheap rows, and fewer steps leave the held-out harm in place.
+}
+QUICK_EVAL_ARGS = ("--limit=25",)
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What one ``mirage-ds reproduce`` runs: the variant (``full`` or ``lora`` recipes), the seed, the ranks
+    per training run, overrides applied to every recipe (e.g. ``data.synthetic.what_rate=0.5``), the
+    methods (rows of ``METHODS``) and ``quick``: ``QUICK``'s fewer steps and ``QUICK_EVAL_ARGS``."""
+
+    out_dir: Path
+    variant: str = "full"
+    seed: int = 0
+    ranks: int = 1
+    overrides: tuple[str, ...] = ()
+    experiment: str | None = None
+    methods: tuple[tuple[str, str, tuple[str, ...]], ...] = METHODS
+    eval_args: tuple[str, ...] = field(default=())
+    quick: bool = False
+    jobs: int = 1  # trainings / evaluations at once: each is its own process, and its numbers do not depend on this
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs {self.jobs}: at least 1 run at a time")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"reproduce-{'quick-' if self.quick else ''}{self.variant}-seed{self.seed}"
+
+    @property
+    def sized_methods(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """``methods`` with ``LORA``'s overrides after each one's own for the LoRA variant, then ``QUICK``'s when
+        quick (the later override wins)."""
+        lora = LORA if self.variant == "lora" else {}
+        quick = QUICK if self.quick else {}
+        return tuple((name, stem, (*sized, *lora.get(name, ()), *quick.get(name, ()))) for name, stem, sized in self.methods)
+
+    @property
+    def evaluation_args(self) -> tuple[str, ...]:
+        return (*QUICK_EVAL_ARGS, *self.eval_args) if self.quick else self.eval_args
+
+
+def select_methods(names: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """The rows of ``METHODS`` named in ``names`` (comma-separated row names), in ``METHODS``' order."""
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    known = [name for name, _, _ in METHODS]
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        raise ConfigError(f"--methods {names!r}: unknown {', '.join(unknown) or 'empty'} (known: {', '.join(known)})")
+    return tuple(row for row in METHODS if row[0] in wanted)
