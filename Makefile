@@ -80,8 +80,15 @@ reproduce: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --jobs $(JOBS) --out $(REPRO) \
 	  $(if $(QUICK),--quick) $(if $(SWEEP),--sweep $(SWEEP)) $(ARGS)
 
+# The suite on 2 pytest-xdist workers (tests/conftest.py says how tests are spread); WORKERS=0 runs it in one
+# process. test-fast: the tests that launch no ranks (a few minutes), for iteration.
+WORKERS ?= 2
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	$(VENV)/bin/python -m pytest -q $(XDIST) $(ARGS)
+
+test-fast: $(STAMP)
+	MIRAGE_TEST_FAST=1 $(VENV)/bin/python -m pytest -q $(XDIST) -m "not distributed and not slow and not slurm" $(ARGS)
 
 # Every benchmark ends with its `ratio ...: <value>x` lines; current figures: benchmarks/RESULTS.md. On a
 # GPU machine, `bash benchmarks/gpu_suite.sh` runs the CUDA ones and prints one table.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,50 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MIRAGE_EMBEDDED_BASE", "random")
 # Every training run in the suite logs to one session store (its tables are created once, not per run);
 # the tracking tests point runs at their own stores and servers explicitly.
-os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / 'mlflow-suite.db'}")
+# Under pytest-xdist each worker has its own (two writers on one sqlite file would wait on its lock).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / f'mlflow-suite-{_WORKER}.db'}")
 (REPO / ".cache-test").mkdir(exist_ok=True)
+
+# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup`): one launch is mostly a
+# single core's work (imports, one rank, waits on Slurm or an MLflow server), so two at once fill the
+# machine. A module's tests stay on one worker (its module-scoped runs, the one Slurm cluster), except the
+# modules below, whose tests share nothing but session fixtures (cached on disk under a lock) and so
+# spread over both workers; a test there may still pin a group of its own (test_hub_path's export tests
+# share their recipe's run).
+SPREAD = {"test_recipes_smoke.py", "test_pinned_losses.py", "test_hub_path.py", "test_tracking.py", "test_errors.py"}
+# Sent first, longest first, so that no long test starts last and leaves one worker alone at the end.
+FIRST = ["test_mirage.py", "test_slurm.py", "test_reproduce.py", "test_hub_path.py", "test_recipes_smoke.py",
+         "test_pinned_losses.py", "test_faults.py", "test_tracking.py", "test_distributed.py"]
+
+
+# `make test-fast` (MIRAGE_TEST_FAST=1, `-m "not distributed and not slow and not slurm"`): the tests that
+# launch no ranks. A test there that starts the launcher, DeepSpeed's runner or a reproduction fails, naming
+# the marker it lacks, so the fast set cannot quietly grow slow.
+FAST = os.environ.get("MIRAGE_TEST_FAST") == "1"
+LAUNCHES = ("launcher/run.py", "bin/deepspeed", "reproduce")
+
+
+class _NoLaunchPopen(subprocess.Popen):
+    def __init__(self, args, *rest, **kwargs):
+        words = [str(a) for a in ([args] if isinstance(args, (str, Path)) else args)]
+        if any(marker in word for word in words for marker in LAUNCHES) and "--help" not in words:
+            pytest.fail(f"launches ranks under make test-fast ({' '.join(words)[:200]}): mark the test "
+                        "'distributed' (or 'slow')", pytrace=False)
+        super().__init__(args, *rest, **kwargs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if FAST:
+        subprocess.Popen = _NoLaunchPopen
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name not in SPREAD and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: a module's own order is kept
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ from launch import launch
 from shards_util import make_shards
 from test_streamer import _rewrite_member
 
+# Each test starts the real launcher (most stop it before any rank, some train).
+pytestmark = pytest.mark.distributed
+
 
 def run_single(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -30,6 +30,8 @@ TWO_RANKS = ["npo_full", "npo_lora", "rmu_full", "rmu_lora"]
 FP32 = ["mixed_sft_full", "mixed_sft_lora"]
 # What the stand-in runs add to the paper-scale overrides (the inputs are the data, path and step count).
 STANDIN = ["micro_batch_size=1"]
+# Under xdist the export tests run on the worker that trained npo_full and npo_lora (tests/conftest.py).
+SHARED_RUNS = pytest.mark.xdist_group("hub-npo")
 
 
 def _short_entries(safe: bool, n: int) -> list[dict]:
@@ -112,7 +114,8 @@ def _get(config: dict, dotted: str):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("recipe", TABLE1)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=SHARED_RUNS) if r in ("npo_full", "npo_lora") else r
+                                    for r in TABLE1])
 def test_table1_recipe_runs_at_paper_scale_on_the_standin(recipe: str, runs) -> None:
     resolved = _check_run(runs(recipe), "bf16")
     scale = paper_scale(recipe)
@@ -149,6 +152,7 @@ def _generate_with_hf(export: Path) -> str:
 
 
 @pytest.mark.distributed
+@SHARED_RUNS
 def test_full_export_has_the_source_layout_and_loads_in_hf(runs, hub_path: Path) -> None:
     export = runs("npo_full").out / "export"
     assert_source_layout(export, hub_path)
@@ -157,6 +161,7 @@ def test_full_export_has_the_source_layout_and_loads_in_hf(runs, hub_path: Path)
 
 
 @pytest.mark.distributed
+@SHARED_RUNS
 def test_merged_lora_export_is_base_plus_adapter_in_the_source_layout(runs, hub_path: Path, capsys) -> None:
     from safetensors.torch import load_file
 
@@ -250,6 +255,7 @@ def test_max_length_default_fits_llava_and_a_shorter_one_names_both_numbers(hub_
         check_against_model(load_config("npo_lora", [f"model.path={hub_path}", "data.max_length=576"]))
 
 
+@pytest.mark.distributed  # the last check starts the launcher
 def test_dtype_the_engine_cannot_take_is_one_line_exit_2(tmp_path: Path) -> None:
     from mirage_ds.engine.preflight import check_dtype
 

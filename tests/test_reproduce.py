@@ -171,6 +171,7 @@ def test_sweep_rows_table_and_figure(tmp_path: Path) -> None:
     assert sweep_figure(named, "model.lora.r", tmp_path / "named.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # two reproductions, each training and evaluating
 def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
     """The real dial on the untrained tiny model (conftest): two values, one method, two steps each."""
     out = tmp_path / "repro"
