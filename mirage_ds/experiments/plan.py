@@ -15,7 +15,11 @@ METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Mixed-SFT", "mixed_sft", ("max_steps=90", "micro_batch_size=8", "optim.lr=3e-4")),
     # Fewer samples than Mixed-SFT (540 vs 720), as the paper's Posthoc-SFT sees VLGuard plus 5k instructions.
     ("Posthoc-SFT", "posthoc_sft", ("max_steps=90", "micro_batch_size=6", "optim.lr=3e-4")),
-    ("NPO", "npo", ("max_steps=30", "micro_batch_size=8", "optim.lr=1.5e-4")),
+    # 5e-4, not the 1.5e-4 measured on the Intel Xeon machines of wave 2: the base built on an AMD EPYC (AVX-512)
+    # machine is another model (each machine's build is deterministic; their float kernels differ), saturated on
+    # the forget answers (token-mean log-prob -0.0036), where 1.5e-4 x 30 steps left the held-out harm (ASR
+    # 76 / 78). Searched over 1.5e-4, 5e-4, 1e-3 (docs/reproduce-results.md): the smallest rate that unlearns.
+    ("NPO", "npo", ("max_steps=30", "micro_batch_size=8", "optim.lr=5e-4")),
     # The official preset's retain CE term (paper_scale: loss.retain_ce_weight=1) keeps answers fluent.
     ("RMU", "rmu", ("max_steps=40", "micro_batch_size=8", "optim.lr=1e-3", "loss.retain_ce_weight=1")),
 )
