@@ -11,7 +11,9 @@ Shards are read with ``shards.py``, the project's one shard reader.
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +29,14 @@ from mirage_ds.data.shards import ShardDirs, decode_sample, list_shards, read_ra
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Record, bytes, str], dict[str, Any]]
+
+# Loader workers start from a forkserver, not by fork(): by the time a rank starts its loaders it runs 13 to
+# 17 threads (gloo, the TCP store, tqdm's monitor; counted in /proc/self/task), and a child forked while one
+# of them holds a lock hangs on that lock for ever, with the DataLoader waiting on it and no error (a CI
+# run hung 600 s so, after a resume). The server preloads this module, so each worker forks with torch and
+# the decoders already imported.
+LOADER_CONTEXT = multiprocessing.get_context("forkserver")
+LOADER_CONTEXT.set_forkserver_preload([__name__])
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
@@ -156,6 +166,7 @@ class Batches:
             batch_size=None,
             num_workers=stream.loader_workers,
             prefetch_factor=2 if stream.loader_workers > 0 else None,
+            multiprocessing_context=LOADER_CONTEXT if stream.loader_workers > 0 else None,
         )
         self._iter = iter(self.loader)
 
@@ -208,16 +219,17 @@ def unpack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def collate_padded(pad_id: int) -> Collate:
-    """Right-pad ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0); stack pixels."""
+    """Right-pad ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0); stack pixels. A partial
+    of a module-level function, so that it pickles to a loader worker started by the forkserver."""
+    return functools.partial(_collate_padded, pad_id=pad_id)
 
-    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-        length = max(len(s["input_ids"]) for s in samples)
-        out: dict[str, Any] = {}
-        for name, fill in (("input_ids", pad_id), ("labels", -100), ("image_mask", False)):
-            out[name] = torch.tensor([s[name] + [fill] * (length - len(s[name])) for s in samples])
-        out["attention_mask"] = torch.tensor([[1] * len(s["input_ids"]) + [0] * (length - len(s["input_ids"])) for s in samples])
-        out["pixel_values"] = torch.stack([s["pixel_values"] for s in samples])
-        out["ids"] = [s["id"] for s in samples]
-        return out
 
-    return collate
+def _collate_padded(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    length = max(len(s["input_ids"]) for s in samples)
+    out: dict[str, Any] = {}
+    for name, fill in (("input_ids", pad_id), ("labels", -100), ("image_mask", False)):
+        out[name] = torch.tensor([s[name] + [fill] * (length - len(s[name])) for s in samples])
+    out["attention_mask"] = torch.tensor([[1] * len(s["input_ids"]) + [0] * (length - len(s["input_ids"])) for s in samples])
+    out["pixel_values"] = torch.stack([s["pixel_values"] for s in samples])
+    out["ids"] = [s["id"] for s in samples]
+    return out
