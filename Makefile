@@ -68,16 +68,18 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --methods $(DEMO_METHODS) --jobs $(JOBS) --out $(DEMO) --experiment $(notdir $(DEMO))
 
 # Table 1 in miniature (mirage_ds/experiments/): the pretrained embedded base, then Unsafe-Filter, Mixed-SFT,
-# Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes $(REPRO)/table.md,
-# table.json, Figure 1 and Figure 3, all runs in one MLflow experiment. Finished methods are kept: rm -r
-# $(REPRO) to rerun. QUICK=1: fewer steps and eval items (experiments/plan.py QUICK). SWEEP=KEY=V1,V2,... (e.g.
-# SWEEP=what_rate=0.5,0.7,0.89): the shortcut dial, one reproduction per value, then sweep.json and sweep.png.
+# Posthoc-SFT, NPO and RMU from it (VARIANT=full or lora), each evaluated; writes OUT/table.md, table.json,
+# Figure 1 and Figure 3, all runs in one MLflow experiment. OUT is $(REPRO) if set, else reproduce's default
+# (runs/reproduce[-quick], another variant or seed in VARIANT-seedSEED below it: experiments/plan.py
+# default_out). Finished runs of the same plan are kept; a run directory of another plan is refused
+# (ARGS=--force reruns it). QUICK=1: fewer steps and eval items (experiments/plan.py QUICK). SWEEP=KEY=V1,V2,...
+# (e.g. SWEEP=what_rate=0.5,0.7,0.89): the shortcut dial, one reproduction per value, then sweep.json and sweep.png.
 VARIANT ?= full
 SEED ?= 0
-REPRO ?= runs/reproduce$(if $(QUICK),-quick)$(if $(filter-out full-0,$(VARIANT)-$(SEED)),/$(VARIANT)-seed$(SEED))
+REPRO ?=
 REPRO_RANKS ?= 1
 reproduce: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --jobs $(JOBS) --out $(REPRO) \
+	OMP_NUM_THREADS=1 $(VENV)/bin/mirage-ds reproduce --variant $(VARIANT) --seed $(SEED) --ranks $(REPRO_RANKS) --jobs $(JOBS) $(if $(REPRO),--out $(REPRO)) \
 	  $(if $(QUICK),--quick) $(if $(SWEEP),--sweep $(SWEEP)) $(ARGS)
 
 # The suite on 2 pytest-xdist workers (tests/conftest.py says how tests are spread); WORKERS=0 runs it in one

@@ -35,7 +35,7 @@ from mirage_ds.engine.distributed import init_distributed, zero3_construction  #
 from mirage_ds.engine.ds_config import build_ds_config  # noqa: E402
 from mirage_ds.engine.optim import build_optimizer  # noqa: E402
 from mirage_ds.losses.base import to_device  # noqa: E402
-from mirage_ds.models.loading import DTYPES, build_model, resolve_model_path  # noqa: E402
+from mirage_ds.models.loading import DTYPES, build_model, ensure_model_path  # noqa: E402
 
 
 def preloaded_batches(cfg, bundle, rank: int, world: int, steps: int, device: torch.device) -> list[dict]:
@@ -61,7 +61,7 @@ def main() -> None:
 
     rank, world = init_distributed()  # the framework's: gloo or nccl, CUDA device, /dev/shm clean-up
     torch.manual_seed(cfg.seed)
-    model_path = resolve_model_path(cfg.model)
+    model_path = ensure_model_path(cfg.model)
     hidden = AutoConfig.from_pretrained(model_path, local_files_only=True).text_config.hidden_size
     ds_config = build_ds_config(cfg, world, hidden)
     with zero3_construction(ds_config, model_path):

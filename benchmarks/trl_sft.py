@@ -40,7 +40,7 @@ from mirage_ds.data.schema import Record  # noqa: E402
 from mirage_ds.data.shards import read_samples  # noqa: E402
 from mirage_ds.data.template import Template  # noqa: E402
 from mirage_ds.engine.ds_config import build_ds_config  # noqa: E402
-from mirage_ds.models.loading import build_model, resolve_model_path  # noqa: E402
+from mirage_ds.models.loading import build_model, ensure_model_path  # noqa: E402
 
 
 def prompt_completion_rows(samples: list[tuple[Record, bytes]], template: Template) -> list[dict]:
@@ -81,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.recipe, args.overrides)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    model_path = resolve_model_path(cfg.model)
+    model_path = ensure_model_path(cfg.model)
     hidden = AutoConfig.from_pretrained(model_path, local_files_only=True).text_config.hidden_size
 
     sft_args = SFTConfig(

@@ -2,11 +2,13 @@
 (an override may also be given as ``--set dotted.key=value``, as on every ``mirage-ds`` command that takes them).
 
 ``--paper-scale`` applies the recipe's ``paper_scale`` overrides (the paper's LLaVA-1.5-7B settings) before
-the command line's, and requires the inputs that block names (``mirage-ds recipes NAME --paper-scale``).
+the command line's, and requires the inputs that block names (``mirage-ds recipes NAME --paper-scale``); it
+refuses shards that hold generated placeholder images unless ``data.allow_placeholder_images=true``.
 
-Every rank parses and validates the recipe, then checks it against the model it names (layer range,
-trainable pattern), before any distributed work: a bad key or value fails fast with one line (printed
-once, by rank 0) and exit code 2. The loop itself is ``mirage_ds.engine.loop.train``.
+Every rank parses and validates the recipe, builds what it starts from (the pretrained embedded base,
+once, printed with a progress bar: ``models.loading.ensure_model_path``), then checks it against the
+model it names (layer range, trainable pattern), before any distributed work: a bad key or value fails
+fast with one line (printed once, by rank 0) and exit code 2. The loop itself is ``mirage_ds.engine.loop.train``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run from a checkout (``launcher/run.py`` beside ``mirage_ds/``), import the checkout's package; an installed
+# wheel's copy (``mirage_ds/launcher/run.py``, also ``python -m mirage_ds.launcher.run``) imports the installed one.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "mirage_ds" / "__init__.py").is_file():
+    sys.path.insert(0, str(_CHECKOUT))
 
 from mirage_ds.engine.stop import StopSignal  # noqa: E402  (light: installed before the heavy imports)
 
@@ -47,12 +53,23 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = paper_scale(args.recipe).apply(overrides)
         cfg = load_config(args.recipe, overrides)
-        from mirage_ds.engine.preflight import check_against_model
+        from mirage_ds.engine.preflight import check_against_model, check_data
+        from mirage_ds.engine.resolution import resolve_run
+        from mirage_ds.models.loading import ensure_model_path
 
+        check_data(cfg, args.paper_scale)  # manifests only: before the build phase, which may train for minutes
+        resolution = resolve_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # epochs -> max_steps; attn fallback
+        cfg = resolution.cfg
+        if rank == 0:
+            for line in resolution.warnings:
+                print(f"warning: {line}", file=sys.stderr)
+            for line in resolution.header:
+                print(line)
+        ensure_model_path(cfg.model)  # the build phase: trains the pretrained embedded base once if the run needs it
         check_against_model(cfg)
         from mirage_ds.engine.loop import train
 
-        return int(train(cfg, stop))
+        return int(train(cfg, stop, resolution.record))
     except user_error_types() as err:
         report_user_error(err, rank)
         return 2

@@ -8,19 +8,21 @@ sets a whole section). Loss sections are defined in ``specs/losses.py``; nothing
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mirage_ds.atomic import write_text
+from mirage_ds.resources import SOURCE_ROOT, shipped
 from mirage_ds.specs.losses import LOSS_CONFIGS, LossConfig
 from mirage_ds.specs.synthetic import SyntheticSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES_DIR = REPO_ROOT / "recipes"
-DS_CONFIGS_DIR = REPO_ROOT / "ds_configs"
+REPO_ROOT = SOURCE_ROOT
+# The checkout's recipes/ and ds_configs/, or an installed wheel's copies (resources.py).
+RECIPES_DIR = shipped("recipes")
+DS_CONFIGS_DIR = shipped("ds_configs")
 
 
 class ConfigError(ValueError):
@@ -61,10 +63,9 @@ class ModelConfig(Section):
     path: str | None = None  # HF LLaVA checkpoint dir (e.g. /models/llava-1.5-7b-hf); None = embedded tiny model
     embedded: TinyModelSpec = TinyModelSpec()
     # With no path: "pretrained" starts from the embedded base trained once from recipes/base_full.yaml
-    # (models/pretrained.py); "random" from the untrained tiny model (the base's own start; the test suite's
-    # pinned numbers, through $MIRAGE_EMBEDDED_BASE). The resolved value is recorded in the run's config.
-    embedded_base: Literal["pretrained", "random"] = Field(
-        default_factory=lambda: os.environ.get("MIRAGE_EMBEDDED_BASE", "pretrained"), validate_default=True)
+    # (models/pretrained.py; the launcher's build phase trains it); "random" from the untrained tiny model (the
+    # base's own start; the test suite passes it explicitly, its pinned numbers are on that model).
+    embedded_base: Literal["pretrained", "random"] = "pretrained"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
@@ -92,6 +93,9 @@ class DataConfig(Section):
     num_workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(64, ge=1)
     on_error: Literal["raise", "skip"] = "raise"
+    # Shards built without --images hold generated placeholder images (counted in their manifests); a
+    # --paper-scale run refuses them unless this is set (launcher/run.py, engine/preflight.py).
+    allow_placeholder_images: bool = False
 
 
 class OptimConfig(Section):
@@ -149,7 +153,11 @@ class TrainConfig(Section):
     recipe: str = "unnamed"
     description: str = ""
     output_dir: str = "runs/default"
-    max_steps: int = Field(50, gt=0)
+    # How long the run trains: optimizer steps, or whole epochs of the stream that defines an epoch for the loss
+    # (resolved to max_steps before any rank trains, engine/resolution.py). Exactly one: a recipe, a child
+    # recipe or the overrides that set one replace the other from the layers below (RUN_LENGTH).
+    max_steps: int | None = Field(None, gt=0)  # 50 when neither is set
+    epochs: int | None = Field(None, gt=0)
     seed: int = 0
     micro_batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -169,6 +177,19 @@ class TrainConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
     loss: LossConfig  # the class is picked by ``loss.name`` (specs/losses.py)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_run_length(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_steps") is None and data.get("epochs") is None:
+            return {**data, "max_steps": 50}
+        return data
+
+    @model_validator(mode="after")
+    def _one_run_length(self) -> TrainConfig:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError(f"max_steps={self.max_steps} and epochs={self.epochs} are both set: set one of them")
+        return self
 
     @model_validator(mode="after")
     def _lora_targets(self) -> TrainConfig:
@@ -231,12 +252,27 @@ def load_recipe_dict(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: inherit cycle {' -> '.join((*_seen, path.stem))}")
     data = _load_yaml(path)
     data.pop("paper_scale", None)  # the recipe's own paper-scale overrides, not config (mirage_ds/paper_scale.py)
+    data.pop("resolved", None)  # a saved config.yaml's record of what ran (save_config), not config
     recipe = data.get("recipe", path.stem)  # read before the merge: a parent's name is not the child's
     parent = data.pop("inherit", None)
     if parent is not None:
-        data = _deep_merge(load_recipe_dict(parent, (*_seen, path.stem)), data)
+        data = _deep_merge(replace_run_length(load_recipe_dict(parent, (*_seen, path.stem)), data), data)
     data["recipe"] = recipe
     return data
+
+
+# The two ways to say how long a run trains; a layer that sets one replaces the other from the layers below.
+RUN_LENGTH = ("max_steps", "epochs")
+
+
+def replace_run_length(lower: dict[str, Any], upper: dict[str, Any] | set[str]) -> dict[str, Any]:
+    """``lower`` (a parent recipe, or the recipe under the overrides) without ``max_steps``/``epochs`` when
+    ``upper`` sets the other: a child recipe with ``epochs`` drops its parent's ``max_steps``. An ``upper`` that
+    sets both is left for validation to reject."""
+    given = [key for key in RUN_LENGTH if key in upper]
+    if len(given) != 1:
+        return lower
+    return {key: value for key, value in lower.items() if key not in RUN_LENGTH or key == given[0]}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -345,21 +381,22 @@ def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
     """
     overrides = list(overrides or [])
     source = recipe_path(name)
-    data = apply_overrides(load_recipe_dict(name), overrides)
+    given = {item.split("=", 1)[0] for item in overrides if "=" in item}
+    if set(RUN_LENGTH) <= given:
+        raise ConfigError(f"overrides set both {' and '.join(RUN_LENGTH)}: set one of them")
+    data = apply_overrides(replace_run_length(load_recipe_dict(name), given), overrides)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_explain(err, source, overrides)) from None
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
+def save_config(cfg: TrainConfig, path: Path, resolved: dict[str, Any] | None = None) -> None:
     """The resolved config as YAML, written atomically; ``load_config(path)`` reads it back as the same
-    config, recipe name included."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    config, recipe name included. ``resolved``: what the run resolved its requests to (epochs to steps, the
+    attention implementation that ran), written as a ``resolved`` block that loading skips."""
+    text = yaml.safe_dump({**cfg.model_dump(mode="json"), **({"resolved": resolved} if resolved else {})}, sort_keys=False)
+    write_text(path, text)
 
 
 def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from mirage_ds.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 # The real VLGuard text lives beside the repository (never committed into it); MIRAGE_VLGUARD moves it and,
@@ -19,9 +23,17 @@ VLGUARD_MISSING = (f"VLGuard text not found at {VLGUARD}: set MIRAGE_VLGUARD=/pa
 os.environ.setdefault("MIRAGE_CACHE", str(REPO / ".cache-test"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Recipes start from the untrained tiny model here (the pinned numbers are on it); the pretrained embedded
-# base takes minutes to build and is exercised by test_reproduce.py on its own.
-os.environ.setdefault("MIRAGE_EMBEDDED_BASE", "random")
+# The suite's runs start from the untrained tiny model (the pinned numbers are on it), an override every
+# launch passes explicitly (tests/launch.py's helpers add it); the recipes' default, the pretrained embedded
+# base, takes minutes to build and is test_mirage.py's.
+UNTRAINED = "model.embedded_base=random"
+
+
+def load_untrained(recipe: str, overrides: list[str] | None = None) -> TrainConfig:
+    """``load_config`` with ``UNTRAINED`` before ``overrides``: a recipe as the suite's runs start it."""
+    from mirage_ds.config import load_config
+
+    return load_config(recipe, [UNTRAINED, *(overrides or [])])
 # Every training run in the suite logs to one session store (its tables are created once, not per run);
 # the tracking tests point runs at their own stores and servers explicitly.
 # Under pytest-xdist each worker has its own (two writers on one sqlite file would wait on its lock).
@@ -35,10 +47,12 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' /
 # modules below, whose tests share nothing but session fixtures (cached on disk under a lock) and so
 # spread over both workers; a test there may still pin a group of its own (test_hub_path's export tests
 # share their recipe's run).
-SPREAD = {"test_recipes_smoke.py", "test_pinned_losses.py", "test_hub_path.py", "test_tracking.py", "test_errors.py"}
+SPREAD = {"test_recipes_smoke.py", "test_pinned_losses.py", "test_hub_path.py", "test_tracking.py", "test_errors.py",
+          "test_baselines.py"}
 # Sent first, longest first, so that no long test starts last and leaves one worker alone at the end.
 FIRST = ["test_mirage.py", "test_slurm.py", "test_reproduce.py", "test_hub_path.py", "test_recipes_smoke.py",
-         "test_pinned_losses.py", "test_faults.py", "test_tracking.py", "test_distributed.py"]
+         "test_pinned_losses.py", "test_faults.py", "test_tracking.py", "test_install.py", "test_baselines.py",
+         "test_distributed.py"]
 
 
 # `make test-fast` (MIRAGE_TEST_FAST=1, `-m "not distributed and not slow and not slurm"`): the tests that
@@ -93,7 +107,7 @@ def tiny_bundle(tiny_path: Path):
     from mirage_ds.config import ModelConfig
     from mirage_ds.models.loading import build_model
 
-    return build_model(ModelConfig())
+    return build_model(ModelConfig(embedded_base="random"))
 
 
 @pytest.fixture(scope="session")

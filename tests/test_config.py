@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from conftest import REPO
+from conftest import REPO, load_untrained
 from mirage_ds.config import RECIPES_DIR, ConfigError, list_recipes, load_config, save_config
 from mirage_ds.engine.ds_config import build_ds_config
 from mirage_ds.engine.preflight import check_against_model
@@ -162,23 +162,55 @@ def test_rmu_trainable_must_be_a_regex() -> None:
 def test_layer_is_checked_against_the_model_depth(tiny_path: Path) -> None:
     for recipe in ("rmu_full", "rmu_lora"):
         with pytest.raises(ConfigError) as err:
-            check_against_model(load_config(recipe, ["loss.layer=4"]))
+            check_against_model(load_untrained(recipe, ["loss.layer=4"]))
         assert str(err.value) == ("loss.layer=4 is out of range: the embedded model has 4 language-model layers "
                                   "(0..3)")
-        check_against_model(load_config(recipe, ["loss.layer=3"]))
+        check_against_model(load_untrained(recipe, ["loss.layer=3"]))
     with pytest.raises(ConfigError, match=r"loss.layer=2 .* 2 language-model layers \(0..1\)"):
-        check_against_model(load_config("rmu_full", ["model.embedded.text_layers=2", "loss.layer=2"]))
+        check_against_model(load_untrained("rmu_full", ["model.embedded.text_layers=2", "loss.layer=2"]))
 
 
 def test_trainable_is_checked_against_parameter_names(tiny_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"loss.trainable='up_proj_x' matches no parameter of the embedded model "
                                           r"\(names look like 'model.language_model.layers.0."):
-        check_against_model(load_config("rmu_full", ["loss.trainable=up_proj_x"]))
+        check_against_model(load_untrained("rmu_full", ["loss.trainable=up_proj_x"]))
     # Under LoRA the names are PEFT's: adapter weights exist, the bare full-model names do not.
-    check_against_model(load_config("rmu_lora", [r"loss.trainable=lora_B"]))
+    check_against_model(load_untrained("rmu_lora", [r"loss.trainable=lora_B"]))
     with pytest.raises(ConfigError, match=r"names look like 'base_model.model.model.language_model.layers"):
-        check_against_model(load_config("rmu_lora", [r"loss.trainable=^model\.language_model"]))
+        check_against_model(load_untrained("rmu_lora", [r"loss.trainable=^model\.language_model"]))
 
 
 def test_recipes_dir_has_only_yaml() -> None:
     assert all(p.suffix == ".yaml" for p in RECIPES_DIR.iterdir())
+
+
+def test_run_length_is_max_steps_or_epochs_and_a_later_layer_replaces_the_other(tmp_path: Path) -> None:
+    assert (load_config("sft_lora").max_steps, load_config("sft_lora").epochs) == (40, None)
+    assert (load_config("sft_lora", ["epochs=2"]).max_steps, load_config("sft_lora", ["epochs=2"]).epochs) == (None, 2)
+    with pytest.raises(ConfigError, match=r"^overrides set both max_steps and epochs: set one of them$"):
+        load_config("sft_lora", ["max_steps=3", "epochs=2"])
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({"inherit": "sft_full", "max_steps": 3, "epochs": 2}))
+    with pytest.raises(ConfigError, match=r"both\.yaml: max_steps=3 and epochs=2 are both set: set one of them$"):
+        load_config(str(both))
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"inherit": "sft_full", "epochs": 2}))  # sft_full sets max_steps: 30
+    assert (load_config(str(child)).max_steps, load_config(str(child)).epochs) == (None, 2)
+    assert (load_config(str(child), ["max_steps=4"]).max_steps, load_config(str(child), ["max_steps=4"]).epochs) == (4, None)
+
+
+def test_paper_scale_blocks_give_epochs_and_a_checkpoint_cadence() -> None:
+    from mirage_ds.paper_scale import paper_scale, paper_scale_recipes
+
+    lengths = {}
+    for name in paper_scale_recipes():
+        scale = paper_scale(name)
+        assert "max_steps" not in scale.inputs, name
+        cfg = load_config(name, scale.apply([f"{key}=/given" for key in scale.inputs]))
+        assert cfg.max_steps is None and cfg.checkpoint.every > 0 and cfg.checkpoint.keep == 2, name
+        lengths[name] = cfg.epochs
+        # The user's max_steps replaces the block's epochs (a short trial of the paper's settings).
+        trial = load_config(name, scale.apply([*(f"{key}=/given" for key in scale.inputs), "max_steps=2"]))
+        assert (trial.max_steps, trial.epochs) == (2, None)
+    # docs/paper-protocol.md, section 3: NPO full 1 epoch, NPO LoRA 10; the SFT baselines one epoch, as LLaVA's script.
+    assert lengths == {name: 10 if name in ("npo_lora", "rmu_lora") else 1 for name in paper_scale_recipes()}

@@ -180,7 +180,12 @@ def test_spavl_parquet_with_image_file_paths(tmp_path: Path) -> None:
     paths = [str(image_file(tmp_path / f"{i}.png", (i, 7, 7), "PNG")) for i in range(2)]
     table = datasets.Dataset.from_dict({**spavl_rows(), "image": paths}).cast_column("image", datasets.Image())
     table.to_parquet(str(tmp_path / "spavl.parquet"))
-    convert_spavl(tmp_path / "spavl.parquet", tmp_path / "out", options=ShardOptions(min_shards=1))
+    # The paths are absolute, so the images root is needed to confine them (data/images.py image_under).
+    with pytest.raises(DataError) as err:
+        convert_spavl(tmp_path / "spavl.parquet", tmp_path / "out", options=ShardOptions(min_shards=1))
+    assert str(err.value) == (f"{tmp_path / 'spavl.parquet'}: row 0: image {paths[0]!r} is a file path: give the images "
+                              "root it lies under (--images DIR)")
+    convert_spavl(tmp_path / "spavl.parquet", tmp_path / "out", images_dir=tmp_path, options=ShardOptions(min_shards=1))
     assert sorted(pixels(png)[1] for _, png in read_samples(tmp_path / "out")) == [(0, 7, 7), (0, 7, 7), (1, 7, 7), (1, 7, 7)]
 
 

@@ -92,6 +92,7 @@ def test_lora_export_carries_the_base_files_and_merges_into_the_base_layout(lora
     from transformers import LlavaForConditionalGeneration
 
     from mirage_ds.cli.main import main
+    from mirage_ds.engine.export import merge_lora_export
 
     export = lora_run / "export"
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "generation_config.json"):
@@ -99,6 +100,14 @@ def test_lora_export_carries_the_base_files_and_merges_into_the_base_layout(lora
     assert not (export / "config.json").exists(), "an adapter directory is not a model"
     assert main(["export", str(lora_run), "--merge"]) == 0
     assert_source_layout(lora_run / "export-merged", tiny_path)
+    # Never over an existing directory without --overwrite: the merge again, --out onto the adapter, the library call.
+    first = {p.name: p.read_bytes() for p in (lora_run / "export-merged").iterdir()}
+    assert main(["export", str(lora_run), "--merge"]) == 2
+    assert main(["export", str(lora_run), "--merge", "--out", str(export)]) == 2
+    with pytest.raises(FileExistsError, match="export-merged already exists"):
+        merge_lora_export(export, lora_run / "export-merged", "source")
+    assert {p.name: p.read_bytes() for p in (lora_run / "export-merged").iterdir()} == first
+    assert (export / "adapter_config.json").is_file()
     merged = LlavaForConditionalGeneration.from_pretrained(lora_run / "export-merged", local_files_only=True).eval()
     base = LlavaForConditionalGeneration.from_pretrained(tiny_path, local_files_only=True)
     unmerged = PeftModel.from_pretrained(base, export).eval()

@@ -1,4 +1,5 @@
-"""Faults: kill -9 at an arbitrary step, a kill during a checkpoint save, a non-finite loss or gradient."""
+"""Faults: a stop signal (SIGINT, SIGUSR1), kill -9 at an arbitrary step, a kill during a checkpoint save, a resume at
+the last step, an output_dir that cannot be started, a non-finite loss or gradient; and the MLflow run through them."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from launch import DEEPSPEED, free_port, launch, launch_and_preempt, metrics
-from conftest import REPO
+from launch import DEEPSPEED, free_port, launch, launch_and_preempt, metrics, run_one_rank
+from conftest import REPO, UNTRAINED
 
 pytestmark = pytest.mark.distributed
 
@@ -25,7 +26,7 @@ COMMON = ["micro_batch_size=2", "data.num_workers=2", "checkpoint.every=2", "che
 
 def _kill9_after(out: Path, step: int, *overrides: str) -> int:
     cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "launcher/run.py", "--recipe", "sft_full",
-           f"output_dir={out}", *overrides]
+           UNTRAINED, f"output_dir={out}", *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -47,12 +48,29 @@ def straight(tmp_path_factory, synthetic_corpus) -> Path:
     return out
 
 
+def _assert_mlflow_has_each_step_once(out: Path, status: str) -> None:
+    """The MLflow run of ``out`` holds every metric of metrics.jsonl once per step, with metrics.jsonl's training
+    values (a replayed step's timings are measured again, so only train/* must match), and ended ``status``."""
+    saved = json.loads((out / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    rows = metrics(out)
+    for key in rows[0].keys() - {"step"}:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(saved["run_id"], key))
+        assert [step for step, _ in history] == [row["step"] for row in rows], key
+        if key.startswith("train/"):
+            assert [value for _, value in history] == pytest.approx([row[key] for row in rows], abs=1e-6), key
+    assert client.get_run(saved["run_id"]).info.status == status
+
+
 def test_preempt_signal_then_resume_reproduces_losses(straight: Path, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) to one rank, SIGUSR1 (Slurm) to the other: each is a stop request, so every rank
+    finishes the step, checkpoints and exits 3, and the MLflow run says KILLED; ``resume=auto`` continues."""
     interrupted = tmp_path / "interrupted"
-    first = launch_and_preempt("sft_full", interrupted, 3, "max_steps=9", *COMMON)
+    first = launch_and_preempt("sft_full", interrupted, 3, "max_steps=9", *COMMON, signals=(signal.SIGINT, signal.SIGUSR1))
     assert first.returncode == 3, first.stderr[-3000:]
     k = int((interrupted / "checkpoints" / "latest").read_text().strip().split("-")[1])
     assert 3 <= k < 9
+    _assert_mlflow_has_each_step_once(interrupted, "KILLED")
     second = launch("sft_full", f"output_dir={interrupted}", "max_steps=9", "resume=auto", *COMMON)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stderr
@@ -61,10 +79,7 @@ def test_preempt_signal_then_resume_reproduces_losses(straight: Path, tmp_path: 
     for x, y in zip(a[k:], b[k:]):
         assert y["train/loss"] == pytest.approx(x["train/loss"], abs=1e-6), (x["step"], x["train/loss"], y["train/loss"])
     # The resumed process continued the same MLflow run (a changed `resume` param must not block delivery).
-    saved = json.loads((interrupted / "mlflow_run.json").read_text())
-    client = MlflowClient(tracking_uri=saved["tracking_uri"])
-    assert sorted({m.step for m in client.get_metric_history(saved["run_id"], "train/loss")}) == list(range(1, 10))
-    assert client.get_run(saved["run_id"]).info.status == "FINISHED"
+    _assert_mlflow_has_each_step_once(interrupted, "FINISHED")
 
 
 def test_kill9_then_resume_reproduces_losses_and_weights(straight: Path, tmp_path: Path) -> None:
@@ -77,6 +92,8 @@ def test_kill9_then_resume_reproduces_losses_and_weights(straight: Path, tmp_pat
     assert [r["step"] for r in b] == list(range(1, 10))
     for x, y in zip(a, b):
         assert y["train/loss"] == pytest.approx(x["train/loss"], abs=1e-6), x["step"]
+    # The kill took MLflow's undelivered queue; the resumed run delivers what it lacks, never a step twice.
+    _assert_mlflow_has_each_step_once(crashed, "FINISHED")
     wa = load_file(str(straight / "export" / "model.safetensors"))
     wb = load_file(str(crashed / "export" / "model.safetensors"))
     assert wa.keys() == wb.keys()
@@ -111,6 +128,54 @@ def test_retention_keeps_last_n(tmp_path: Path, synthetic_corpus) -> None:
 def _resume_straight(straight: Path, out: Path) -> None:
     """Start ``out`` from a copy of the straight run's checkpoints (latest: step 9)."""
     shutil.copytree(straight / "checkpoints", out / "checkpoints")
+
+
+def test_resume_at_the_last_step_keeps_its_checkpoint(straight: Path, tmp_path: Path) -> None:
+    """Resumed at step 9 of 9 nothing trains; the export is written, and step-9, the one checkpoint of that state,
+    is left as it is (today's save deleted it and renamed a copy in: a kill in between left nothing to resume)."""
+    out = tmp_path / "run"
+    _resume_straight(straight, out)
+    step9 = out / "checkpoints" / "step-00000009"
+    before = {p.relative_to(step9): p.stat().st_ino for p in [step9, *step9.rglob("*")]}
+    proc = launch("sft_full", f"output_dir={out}", "max_steps=9", "resume=auto", *COMMON)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.relative_to(step9): p.stat().st_ino for p in [step9, *step9.rglob("*")]} == before
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000009"
+    wa, wb = load_file(str(straight / "export" / "model.safetensors")), load_file(str(out / "export" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _files(root: Path) -> dict[Path, bytes | None]:
+    return {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+def test_a_dangling_latest_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A ``latest`` naming a missing directory fails with one line, exit 2, instead of a silent start from step 0."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "step-00000008").mkdir(parents=True)
+    (ckpts / "latest").write_text("step-00000009")
+    before = _files(tmp_path)
+    proc = run_one_rank("sft_full", f"output_dir={tmp_path / 'run'}", "max_steps=2", "resume=auto")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {ckpts / 'latest'} names step-00000009, which does not exist (checkpoints there: step-00000008); "
+        f"write one of them into latest, or move {ckpts} aside to start afresh"]
+    assert _files(tmp_path) == before
+
+
+def test_a_fresh_run_is_refused_a_directory_with_logged_steps(tmp_path: Path) -> None:
+    """``resume=never`` into a directory whose last run logged steps but saved no checkpoint (killed early) is
+    refused, its metrics.jsonl kept; ``resume=auto`` starts it from step 0 (and replays into the same records)."""
+    from mirage_ds.config import ConfigError
+    from mirage_ds.engine.checkpoint import resume_point
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/loss": 6.4}) + "\n")
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        resume_point(tmp_path, "never")
+    assert str(err.value) == f"output_dir={str(tmp_path)!r} already holds logged steps (metrics.jsonl); pass resume=auto or a new output_dir"
+    assert resume_point(tmp_path, "auto") is None
+    assert _files(tmp_path) == before
 
 
 def test_nonfinite_skip_leaves_weights_bitwise_and_counts(straight: Path, tmp_path: Path) -> None:

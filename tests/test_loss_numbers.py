@@ -63,8 +63,8 @@ def _npo(policy: torch.Tensor, reference: torch.Tensor, beta: float, sign: float
     return (-(2 / beta) * torch.nn.functional.logsigmoid(sign * beta * (policy - reference))).mean()
 
 
-def _close(got: float | torch.Tensor, want: torch.Tensor) -> None:
-    torch.testing.assert_close(torch.as_tensor(float(got), dtype=torch.float64), want, rtol=RTOL, atol=ATOL)
+def _close(got: float | torch.Tensor, want: torch.Tensor, rtol: float = RTOL) -> None:
+    torch.testing.assert_close(torch.as_tensor(float(got), dtype=torch.float64), want, rtol=rtol, atol=ATOL)
 
 
 def _apart(a: float | torch.Tensor, b: float | torch.Tensor) -> None:
@@ -123,7 +123,11 @@ def test_npo_log_likelihood_reads_answer_tokens_only(models, batches) -> None:
         forget = widened["forget"]
         pol_f = _sequence_logp(policy(**model_inputs(forget)).logits, forget["labels"], "sum")
         ref_f = _sequence_logp(reference(**model_inputs(forget)).logits, forget["labels"], "sum")
-    _close(all_tokens.terms["forget"], _npo(pol_f, ref_f, cfg.beta, sign=-1.0))
+    # Summed over every token of the sequence (image positions included), the fp32 log-probs of policy and
+    # reference each carry an accumulated rounding error of about T x 1e-7 relative, and NPO reads their
+    # difference: measured 1.2e-5 relative on the AMD EPYC (AVX-512) machines, so 5e-5 here, still far below
+    # the gap to the answer-only value that _apart checks.
+    _close(all_tokens.terms["forget"], _npo(pol_f, ref_f, cfg.beta, sign=-1.0), rtol=5e-5)
     _apart(answer_only.terms["forget"], all_tokens.terms["forget"])
 
 

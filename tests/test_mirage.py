@@ -1,4 +1,5 @@
-"""The safety mirage in miniature, end to end: ``mirage-ds reproduce --quick`` on the pretrained embedded base.
+"""The safety mirage in miniature, end to end: ``mirage-ds reproduce --quick`` on the pretrained embedded base;
+and the base's build as an explicit step, keyed on the code that shapes it.
 
 The one test here that trains on the real embedded world (the rest of the suite starts from the untrained
 tiny model): it builds the pretrained base once (about 4 minutes on 2 cores), trains Mixed-SFT, NPO and
@@ -10,19 +11,22 @@ to start with "Share"; NPO and RMU leave less of both, and keep utility.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mirage_ds.cli.main import main
+from mirage_ds.config import REPO_ROOT, ConfigError, ModelConfig, TinyModelSpec
 from mirage_ds.experiments.plan import Reproduction, select_methods
 from mirage_ds.experiments.runner import reproduce
+from mirage_ds.models.loading import resolve_model_path
+from mirage_ds.models.pretrained import BASE_SOURCES, base_key, base_path
 
-pytestmark = pytest.mark.slow
 
-
-def test_quick_reproduction_shows_the_mirage_and_unlearning_removes_it(tmp_path: Path, monkeypatch) -> None:
-    # The suite pins the untrained model (conftest); this test is about the pretrained base.
-    monkeypatch.setenv("MIRAGE_EMBEDDED_BASE", "pretrained")
+@pytest.mark.slow
+def test_quick_reproduction_shows_the_mirage_and_unlearning_removes_it(tmp_path: Path) -> None:
+    # No override: the recipes' default, the pretrained base (reproduce's build phase trains it if not cached).
     plan = Reproduction(out_dir=tmp_path, quick=True, methods=select_methods("Mixed-SFT,NPO,RMU"), experiment="test-mirage",
                         jobs=2)  # two runs at once on the 2 cores; the rates do not depend on it
     rows = {row["model"]: row for row in reproduce(plan, progress=lambda line: None).to_json()["rows"]}
@@ -40,3 +44,36 @@ def test_quick_reproduction_shows_the_mirage_and_unlearning_removes_it(tmp_path:
         assert unlearned["utility"] >= base["utility"] - 16, summary  # 25 items: one item is 4 points
     # Rates about real answers: few empty or repetitive outputs in any row.
     assert all(row["degenerate"] is not None and row["degenerate"] <= 15 for row in rows.values()), summary
+
+
+def test_the_base_key_follows_the_code_that_shapes_the_base(tmp_path: Path) -> None:
+    """A copy of the sources keys the same base (relative paths and bytes: no clone's location or mtimes);
+    one byte more in any of them keys another, so a template or tokenizer change never reuses a stale base."""
+    for name in BASE_SOURCES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    spec = TinyModelSpec()
+    assert base_key(spec, code_root=tmp_path) == base_key(spec)
+    keys = {base_key(spec)}
+    for name in ("mirage_ds/data/template.py", "mirage_ds/models/tokenizer.py", "mirage_ds/data/synthetic.py"):
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original + b"\n")
+        keys.add(base_key(spec, code_root=tmp_path))
+        (tmp_path / name).write_bytes(original)
+    assert len(keys) == 4 and base_key(spec, code_root=tmp_path) == base_key(spec)
+
+
+def test_resolving_the_base_never_builds_it_and_base_build_names_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MIRAGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"the pretrained embedded base is not built .* `mirage-ds base build` builds it"):
+        resolve_model_path(ModelConfig())  # the default, with no env variable or test hook behind it
+    assert not base_path(TinyModelSpec()).exists()
+    assert main(["base", "build", "--recipe", "sft_full", "model.embedded_base=random"]) == 2
+    assert "model.embedded_base=random: not the pretrained embedded base, nothing to build" in capsys.readouterr().err
+    # A cached base (here a stand-in: its config.json is what marks a finished build) is found, not retrained.
+    cached = base_path(TinyModelSpec())
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{}")
+    assert resolve_model_path(ModelConfig()) == cached
+    assert main(["base", "build"]) == 0
+    assert capsys.readouterr().out == f"pretrained embedded base: {cached} (cached)\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, UNTRAINED
 from launch import free_port, metrics
 
 pytestmark = pytest.mark.distributed
@@ -25,7 +25,7 @@ def test_two_nodes_one_rank_each_train_one_model(tmp_path: Path, synthetic_corpu
         "MIRAGE_MASTER_PORT": str(free_port()),
         "MIRAGE_LOG_PREFIX": f"{out}/logs/",
     }
-    args = ["--recipe", "sft_lora", f"output_dir={out}", "max_steps=3", "micro_batch_size=2"]
+    args = ["--recipe", "sft_lora", UNTRAINED, f"output_dir={out}", "max_steps=3", "micro_batch_size=2"]
     nodes = [
         subprocess.Popen(["bash", "slurm/node.sh", *args], cwd=REPO, env={**env, "MIRAGE_NODE_RANK": str(rank)})
         for rank in (0, 1)

@@ -4,6 +4,7 @@ files, with an images directory written here; degenerate outputs; no silent fall
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -129,12 +130,25 @@ def test_placeholder_images_are_counted_and_warned(tiny_path: Path, tmp_path: Pa
 
 def test_every_shot_is_judged_against_its_own_question(hub_path: Path, tiny_path: Path, tmp_path: Path) -> None:
     """A VLM judge (the hub-layout LLaVA stand-in: images through its processor, its chat template) over the
-    What 3-shot file: the cache records what the judge was shown, shot by shot."""
-    out = tmp_path / "eval"
-    proc = _mirage("eval", "--model", tiny_path, "--vlguard", VLGUARD, "--placeholder-images", "--limit", "3",
-                   "--max-new-tokens", "4", "--out", out, "--judge", f"model:{hub_path}", "--judge-max-new-tokens", "4",
-                   "--judge-batch-size", "4", "--judge-prompt-after", "paper-3shot-v1", "--sample", "1000")
+    What 3-shot file: the cache records what the judge was shown, shot by shot. Both models in fp16, as the
+    paper generates, asked for with --dtype (on CPU the default is fp32): eval.json and MLflow say so."""
+    from mirage_ds.models.loading import resolve_dtype
+    from mirage_ds.tracking.mlflow_run import MlflowTracker
+
+    # The stand-in is stored in fp16, as llava-hf is: auto loads it so on CUDA, in fp32 on CPU.
+    assert (resolve_dtype("auto", hub_path, "cuda:0"), resolve_dtype("auto", hub_path, "cpu")) == ("fp16", "fp32")
+    run_dir, out = tmp_path / "run", tmp_path / "eval"
+    MlflowTracker(run_dir, os.environ["MLFLOW_TRACKING_URI"], "judged", "judge-dtype").close()
+    proc = _mirage("eval", "--run", run_dir, "--model", tiny_path, "--vlguard", VLGUARD, "--placeholder-images",
+                   "--limit", "3", "--max-new-tokens", "4", "--out", out, "--judge", f"model:{hub_path}",
+                   "--judge-max-new-tokens", "4", "--judge-batch-size", "4", "--judge-prompt-after", "paper-3shot-v1",
+                   "--sample", "1000", "--dtype", "fp16")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"]).get_run(
+        json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]).data.params
+    assert (logged["eval.dtype"], logged["eval.judge_dtype"]) == ("fp16", "fp16")
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     with sqlite3.connect(out / "verdicts.sqlite") as db:
         judged = {(judge.split("/")[0], query, response) for judge, query, response in
@@ -154,6 +168,7 @@ def test_every_shot_is_judged_against_its_own_question(hub_path: Path, tiny_path
         not g["refused"] for g in generations if g["subset"] == "unsafes")
     assert result["judge"]["prompt_before"] == "paper-single-v1" and result["judge"]["prompt_after"] == "paper-3shot-v1"
     assert result["judge"]["decoding"]["do_sample"] is False and result["judge"]["decoding"]["max_new_tokens"] == 4
+    assert (result["generation"]["dtype"], result["judge"]["dtype"]) == ("fp16", "fp16")
 
     judge = RelevanceJudge(JudgeModel(hub_path, max_new_tokens=4), "paper-3shot-v1")
     for query in queries:

@@ -64,9 +64,10 @@ RTOL, ATOL = 1e-4, 1e-6
 NOT_LOSS_TERMS = {"train/lr", "train/skipped"}
 
 
-def loss_terms(recipe: str, out: Path) -> dict[str, list[float]]:
-    """Run ``recipe`` for 3 steps on one rank; each logged loss term (``train/*``, total included) per step."""
-    proc = launch(recipe, f"output_dir={out}", "max_steps=3", "micro_batch_size=2", "model.dtype=fp32", ranks=1)
+def loss_terms(recipe: str, out: Path, *overrides: str) -> dict[str, list[float]]:
+    """Run ``recipe`` (with ``overrides``) for 3 steps on one rank; each logged loss term (``train/*``, total
+    included) per step."""
+    proc = launch(recipe, f"output_dir={out}", "max_steps=3", "micro_batch_size=2", "model.dtype=fp32", *overrides, ranks=1)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = metrics(out)
     assert [row["step"] for row in rows] == [1, 2, 3]
@@ -74,23 +75,33 @@ def loss_terms(recipe: str, out: Path) -> dict[str, list[float]]:
     return {k: [row[k] for row in rows] for k in keys}
 
 
+def assert_pinned(run: str, recipe: str, overrides: tuple[str, ...], out: Path, pinned: dict[str, list[float]]) -> None:
+    """``recipe`` with ``overrides`` for 3 steps: every logged loss term matches ``pinned``; the export loads."""
+    got = loss_terms(recipe, out, *overrides)
+    assert set(got) == set(pinned), f"logged terms changed: {sorted(got)}"
+    for key, want in pinned.items():
+        assert got[key] == pytest.approx(want, rel=RTOL, abs=ATOL), f"{run} {key}: {got[key]} != {want}"
+    # Also the one-rank smoke run of the unlearning recipes (tests/test_recipes_smoke.py runs them on 2).
+    load_export(out, recipe.endswith("_lora"))
+
+
+def print_pinned(runs: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+    """Print a PINNED dict for ``runs`` (name -> (recipe, overrides)) to paste over the old one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        print("PINNED: dict[str, dict[str, list[float]]] = {")
+        for name, (recipe, overrides) in runs.items():
+            print(f'    "{name}": {{')
+            for key, values in loss_terms(recipe, Path(tmp) / name, *overrides).items():
+                print(f'        "{key}": {values!r},')
+            print("    },")
+        print("}")
+
+
 @pytest.mark.parametrize("recipe", sorted(PINNED))
 def test_recipe_losses_match_pinned(recipe: str, tmp_path: Path, synthetic_corpus) -> None:
-    got = loss_terms(recipe, tmp_path / recipe)
-    assert set(got) == set(PINNED[recipe]), f"logged terms changed: {sorted(got)}"
-    for key, want in PINNED[recipe].items():
-        assert got[key] == pytest.approx(want, rel=RTOL, abs=ATOL), f"{recipe} {key}: {got[key]} != {want}"
-    # Also the one-rank smoke run of the unlearning recipes (tests/test_recipes_smoke.py runs them on 2).
-    load_export(tmp_path / recipe, recipe.endswith("_lora"))
+    assert_pinned(recipe, recipe, (), tmp_path / recipe, PINNED[recipe])
 
 
 if __name__ == "__main__":
     # ``launch`` imported conftest, which set the suite's cache and tracking environment.
-    with tempfile.TemporaryDirectory() as tmp:
-        print("PINNED: dict[str, dict[str, list[float]]] = {")
-        for name in PINNED:
-            print(f'    "{name}": {{')
-            for key, values in loss_terms(name, Path(tmp) / name).items():
-                print(f'        "{key}": {values!r},')
-            print("    },")
-        print("}")
+    print_pinned({name: (name, ()) for name in PINNED})

@@ -40,6 +40,7 @@ def test_table1_recipe_smoke(recipe: str, tmp_path: Path, synthetic_corpus) -> N
 
 def _check_smoke_run(proc: subprocess.CompletedProcess, out: Path, recipe: str) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("data: the embedded synthetic corpus for ") == 1, proc.stderr[-4000:]  # rank 0's header
     rows = metrics(out)
     assert len(rows) == 3
     assert TERMS[_method(recipe)] <= set(rows[0]), rows[0]

@@ -8,8 +8,8 @@ import deepspeed
 import pytest
 import torch
 
+from conftest import load_untrained
 from launch import free_port
-from mirage_ds.config import load_config
 from mirage_ds.data.images import placeholder_png
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.schema import Turn
@@ -57,7 +57,7 @@ def one_rank() -> Iterator[None]:
 def test_adapters_off_reference_equals_separately_loaded_base(recipe: str, one_rank, tiny_path) -> None:
     """The LoRA reference that training builds (``build_reference`` on the run's engine) is the base model:
     equal to a separately loaded copy without adapters, different from the adapted policy."""
-    cfg = load_config(recipe, ["micro_batch_size=2"])
+    cfg = load_untrained(recipe, ["micro_batch_size=2"])
     needs = build_loss(cfg.loss, cfg.model).needs
     torch.manual_seed(0)
     bundle = build_model(cfg.model)

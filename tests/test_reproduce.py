@@ -12,16 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_config
+from conftest import UNTRAINED
+from mirage_ds.config import REPO_ROOT, ConfigError, TinyModelSpec, load_config, save_config
 from mirage_ds.eval.comparison import kshot_points
 from mirage_ds.eval.degenerate import DegenerateShare
 from mirage_ds.eval.report import metrics_of, row_of
 from mirage_ds.eval.table import Rate, Table
 from mirage_ds.experiments.figures import kshot_figure_of, sweep_figure
-from mirage_ds.experiments.plan import LORA, METHODS, QUICK, QUICK_EVAL_ARGS, Reproduction, select_methods
-from mirage_ds.experiments.runner import train_command, write_table
+from mirage_ds.experiments.plan import LORA, METHODS, PLAN_FILE, QUICK, QUICK_EVAL_ARGS, Reproduction, select_methods
+from mirage_ds.experiments.runner import base_model_and_corpus, check_run_directories, train_command, write_table
 from mirage_ds.experiments.sweep import Sweep, parse_sweep, sweep, sweep_rows
 from mirage_ds.models.pretrained import base_key
+from mirage_ds.tracking.store import store_uri
 
 HEADER = ("| model | ASR before | ASR after (any of K) | RR before | RR after (any of K) | utility | degenerate |\n"
           "|---|---|---|---|---|---|---|")
@@ -86,18 +88,19 @@ def test_base_key_follows_model_spec_and_recipe() -> None:
     assert default != base_key(TinyModelSpec(), recipe="sft_full")
 
 
-def test_every_embedded_recipe_starts_from_the_pretrained_base_but_the_base_itself(monkeypatch) -> None:
-    monkeypatch.delenv("MIRAGE_EMBEDDED_BASE")
+def test_every_embedded_recipe_starts_from_the_pretrained_base_but_the_base_itself() -> None:
     for recipe in ("npo_lora", "npo_full", "rmu_full", "mixed_sft_full", "posthoc_sft_lora", "unsafe_filter_full"):
         assert load_config(recipe, []).model.embedded_base == "pretrained", recipe
     assert load_config("base_full", []).model.embedded_base == "random"
 
 
-def test_train_command_uses_the_launcher() -> None:
+def test_train_command_uses_the_launcher_and_an_absolute_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     one = train_command("npo_full", Path("out"), 1, ["seed=1"])
-    assert one[1].endswith("launcher/run.py") and one[2:] == ["--recipe", "npo_full", "output_dir=out", "seed=1"]
+    assert one[:2] == [sys.executable, str(REPO_ROOT / "launcher" / "run.py")]
+    assert one[2:] == ["--recipe", "npo_full", f"output_dir={tmp_path / 'out'}", "seed=1"]
     two = train_command("npo_full", Path("out"), 2, [])
-    assert two[0].endswith("deepspeed") and two[1:3] == ["--num_gpus", "2"]
+    assert two[:5] == [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2"] and two[5] == "--master_port"
 
 
 def test_figure3_points_are_the_eval_json_rates_by_shots(tmp_path: Path) -> None:
@@ -173,10 +176,10 @@ def test_sweep_rows_table_and_figure(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # two reproductions, each training and evaluating
 def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
-    """The real dial on the untrained tiny model (conftest): two values, one method, two steps each."""
+    """The real dial on the untrained tiny model (UNTRAINED): two values, one method, two steps each."""
     out = tmp_path / "repro"
     command = [str(Path(sys.executable).parent / "mirage-ds"), "reproduce", "--out", str(out), "--methods", "Mixed-SFT",
-               "--sweep", "what_rate=0.5,0.89", "--set", "max_steps=2", "--set", "micro_batch_size=2",
+               "--sweep", "what_rate=0.5,0.89", "--set", UNTRAINED, "--set", "max_steps=2", "--set", "micro_batch_size=2",
                "--eval-arg=--limit=4", "--eval-arg=--max-new-tokens=8", "--experiment", f"dial-{tmp_path.name}",
                "--jobs", "2"]  # the base's evaluation and the method's run side by side
     done = subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
@@ -203,3 +206,76 @@ def test_sweep_end_to_end_then_resumes(tmp_path: Path) -> None:
 def test_jobs_below_one_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--jobs 0"):
         Reproduction(out_dir=tmp_path, jobs=0)
+
+
+def _finished(out: Path, *runs: str) -> None:
+    """Runs as a finished reproduction leaves them: eval/eval.json in each run directory."""
+    for run in runs:
+        (out / run / "eval").mkdir(parents=True, exist_ok=True)
+        (out / run / "eval" / "eval.json").write_text(json.dumps(EVAL))
+
+
+def _reproduce(out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mirage_ds.cli.main", "reproduce", "--out", str(out), "--methods", "NPO",
+               "--set", UNTRAINED, *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # three reproduce processes; each stops or reuses before anything trains
+def test_runs_of_another_plan_are_refused_naming_both_never_reused(tmp_path: Path) -> None:
+    """Issue 19.1: seed 0's finished runs in OUT, then ``reproduce --seed 1 --out OUT`` used to print seed 0's
+    numbers as seed 1's. A run directory is reused only for the plan it records."""
+    out = tmp_path / "repro"
+    _finished(out, "base", "npo")  # as today's main leaves them: eval.json, no plan recorded
+    unrecorded = _reproduce(out, "--seed", "1")
+    assert unrecorded.returncode == 2, unrecorded.stdout
+    assert "records no plan" in unrecorded.stderr and not (out / "table.json").exists()
+
+    seed0 = Reproduction(out, methods=select_methods("NPO"), overrides=(UNTRAINED,))
+    for run, record in seed0.records(*base_model_and_corpus("npo_full", [UNTRAINED])).items():
+        (out / run / PLAN_FILE).write_text(json.dumps(record))
+    refused = _reproduce(out, "--seed", "1")
+    assert refused.returncode == 2, refused.stdout
+    # Only the method differs (the base's evaluation does not depend on the seed), and only by its seed.
+    assert f"error: {out} holds runs of another plan (npo: overrides: recorded seed=0, asked seed=1)" in refused.stderr
+
+    kept = _reproduce(out, "--seed", "0")  # the recorded plan: its finished runs are the table's rows
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert json.loads((out / "table.json").read_text())["seed"] == 0 and not (out / "npo" / "train.log").exists()
+
+
+def test_force_removes_the_runs_of_another_plan_so_that_they_rerun(tmp_path: Path) -> None:
+    records = {"base": {"model": "m", "eval_args": []}, "npo": {"recipe": "npo_full", "overrides": ["seed=1"]}}
+    _finished(tmp_path, "base", "npo", "rmu")
+    for run, overrides in (("base", None), ("npo", ["seed=0"])):
+        record = records[run] if overrides is None else {**records[run], "overrides": overrides}
+        (tmp_path / run / PLAN_FILE).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"\(npo: overrides: recorded seed=0, asked seed=1\)"):
+        check_run_directories(tmp_path, records, force=False)
+    check_run_directories(tmp_path, records, force=True)
+    assert (tmp_path / "base" / "eval" / "eval.json").is_file() and not (tmp_path / "npo").exists()
+    assert (tmp_path / "rmu").is_dir()  # not a run of this plan's methods: left alone
+
+
+def test_the_default_store_is_absolute_in_the_callers_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19.8: the URI a process hands to its children names one store, wherever they start."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert store_uri() == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/x.db")
+    assert store_uri() == f"sqlite:///{tmp_path / 'stores' / 'x.db'}"
+
+
+@pytest.mark.slow  # one evaluation process
+def test_paths_are_the_callers_in_a_reproduce_started_outside_the_repository(tmp_path: Path) -> None:
+    """Issue 19.8: ``mirage-ds reproduce`` started elsewhere with a relative path. Its children used to start in
+    the package's source tree and write there, and the caller then failed reading its own relative path."""
+    caller, run = tmp_path / "caller", tmp_path / "caller" / "npo"
+    save_config(load_config("npo_full", [UNTRAINED]), run / "config.yaml")  # a trained, evaluated run: its row
+    _finished(caller, "npo")
+    command = [sys.executable, "-m", "mirage_ds.cli.main", "reproduce", "--beside", "npo", "--eval-arg=--limit=2",
+               "--eval-arg=--max-new-tokens=4"]
+    done = subprocess.run(command, cwd=caller, env=os.environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "eval-base" / "eval.json").is_file()  # the child wrote into the caller's npo/, not elsewhere
+    assert [line.split(" |")[0] for line in done.stdout.splitlines()[2:4]] == ["| base", "| npo_full"]

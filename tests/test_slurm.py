@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, UNTRAINED
 from launch import metrics
 from mirage_ds.cli.sweep import expand, load_sweep
 from slurm_cluster import Cluster, slurm_cluster, slurm_two_nodes  # noqa: F401  (session fixtures)
@@ -27,9 +27,11 @@ from slurm_cluster import Cluster, slurm_cluster, slurm_two_nodes  # noqa: F401 
 pytestmark = pytest.mark.slurm
 
 
-def _sweep_file(tmp_path: Path, **data: object) -> Path:
+def _sweep_file(tmp_path: Path, overrides: dict[str, object], **data: object) -> Path:
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({**data, "output_root": str(tmp_path / "runs")}, sort_keys=False))
+    untrained = dict([UNTRAINED.split("=")])  # the suite's runs start from the untrained tiny model
+    data = {**data, "overrides": {**untrained, **overrides}, "output_root": str(tmp_path / "runs")}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 

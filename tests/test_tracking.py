@@ -18,7 +18,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, UNTRAINED
 from launch import DEEPSPEED, free_port
 from mlflow_server import mlflow_server, start_server, stop_server
 from mirage_ds.eval.comparison import NothingToCompare, compare
@@ -37,7 +37,7 @@ def _env(uri: str | None) -> dict[str, str]:
 
 def _train_cmd(run_dir: Path, *overrides: str, ranks: int = 2) -> list[str]:
     return [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), LAUNCHER, "--recipe", "sft_lora",
-            f"output_dir={run_dir}", "micro_batch_size=2", *overrides]
+            UNTRAINED, f"output_dir={run_dir}", "micro_batch_size=2", *overrides]
 
 
 def _train_and_eval(run_dir: Path, env: dict[str, str], cwd: Path) -> None:
@@ -47,6 +47,11 @@ def _train_and_eval(run_dir: Path, env: dict[str, str], cwd: Path) -> None:
     ev = subprocess.run([MIRAGE, "eval", "--run", str(run_dir), "--limit", "8", "--shots", "2", "--max-new-tokens", "4"],
                         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
+    # No eval set or judge named: the header and eval.json say which defaults were taken.
+    assert "(default: the run's embedded corpus)" in ev.stderr and "judge: keyword:vlguard-v2 (default)" in ev.stderr
+    result = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert result["eval_set"]["chosen"] == "default: the run's embedded corpus" and result["judge"]["chosen"] == "default"
+    assert result["eval_set"]["data"].endswith("/eval") and result["eval_set"]["vlguard"] is None
 
 
 def _check_tracked(uri: str, run_dir: Path) -> str:
@@ -139,6 +144,47 @@ def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -
         stop_server(server)
 
 
+def _replayed(step: int) -> dict[str, float]:
+    """A step's metrics as every attempt at it logs them (the replay after a resume is exact)."""
+    return {"train/loss": 1.0 / step, "train/lr": 1e-3 * step}
+
+
+@pytest.mark.parametrize(("delivered", "checkpoint"), [(2, 3), (4, 2)], ids=["queue_lost_before_checkpoint", "delivered_past_checkpoint"])
+def test_a_resumed_run_holds_one_value_per_step_in_mlflow(tmp_path: Path, delivered: int, checkpoint: int) -> None:
+    """A run logs steps 1..5 to metrics.jsonl, MLflow got 1..``delivered`` before a kill -9 took the queue, and
+    ``resume=auto`` continues from ``checkpoint`` to step 6 through the loop's own calls (truncate_metrics,
+    build_tracker; the suite's store). MLflow ends with each step once: the kept steps it lacked delivered
+    from metrics.jsonl, the replayed ones it held not sent again."""
+    from mirage_ds.config import load_config
+    from mirage_ds.tracking import build_tracker, truncate_metrics
+    from mirage_ds.tracking.trackers import JsonlTracker
+
+    out = tmp_path / "run"
+    cfg = load_config("sft_full", [f"output_dir={out}", "resume=auto"])
+    crashed = build_tracker(cfg, 0)
+    for step in range(1, delivered + 1):
+        crashed.log_metrics(_replayed(step), step)
+    crashed.close("KILLED")  # what MLflow got before the kill
+    local = JsonlTracker(out)  # ... while metrics.jsonl got every step the process logged
+    for step in range(delivered + 1, 6):
+        local.log_metrics(_replayed(step), step)
+    local.close()
+
+    truncate_metrics(out, checkpoint)
+    resumed = build_tracker(cfg, 0)
+    for step in range(checkpoint + 1, 7):
+        resumed.log_metrics(_replayed(step), step)
+    resumed.close("FINISHED")
+
+    assert [row["step"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == list(range(1, 7))
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    for key in ("train/loss", "train/lr"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert history == [(step, _replayed(step)[key]) for step in range(1, 7)], key
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def _tracked_run(uri: str, out: Path, recipe: str, experiment: str, asr: float | None) -> None:
     """A run as the loop logs it, then eval's results attached through the queue (as `mirage-ds eval` does)."""
     tracker = MlflowTracker(out, uri, f"{recipe}:{out.name}", experiment, retry_s=1)
@@ -164,12 +210,13 @@ def test_compare_shows_the_experiment_evaluated_last_and_says_where_it_looked(tm
     _tracked_run(uri, tmp_path / "runs" / "c", "rmu_lora", "second", asr=0.75)
 
     latest = compare(tmp_path / "cmp", uri=uri)
-    assert latest.splitlines()[0] == f"Experiment 'second' at {uri}:"
+    assert latest.splitlines()[:2] == [f"Experiment 'second' at {uri}:", "(no --experiment: the experiment of the most "
+                                       "recently started evaluated run, of: Default, first, second)"]
     rows = [line for line in latest.splitlines() if line.startswith("| ") and "ASR" not in line]
     assert rows == ["| npo_lora:b | 50.0 | 25.0 | n/a | n/a | 50.0 | n/a |",
                     "| rmu_lora:c | 75.0 | 37.5 | n/a | n/a | 50.0 | n/a |"]
     first = compare(tmp_path / "cmp", experiment="first", uri=uri)
-    assert "| sft_lora:a | 25.0 |" in first and "untested" not in first
+    assert "| sft_lora:a | 25.0 |" in first and "untested" not in first and "no --experiment" not in first
     with pytest.raises(NothingToCompare, match=f"no MLflow experiment 'third' at {uri} \\(found: "):
         compare(tmp_path / "cmp", experiment="third", uri=uri)
 

@@ -122,6 +122,13 @@ def test_existing_dir_is_an_error_unless_overwrite(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_written_directory_has_the_permissions_mkdir_gives(tmp_path: Path) -> None:
+    """Not the 0700 of its temporary name: a dataset on a shared file system is read by other users' jobs."""
+    write_shards([make_sample(i) for i in range(3)], tmp_path / "out", shard_size=4)
+    (tmp_path / "plain").mkdir()
+    assert oct((tmp_path / "out").stat().st_mode & 0o777) == oct((tmp_path / "plain").stat().st_mode & 0o777)
+
+
 def test_shards_are_byte_identical_across_runs(tmp_path: Path) -> None:
     for name in ("a", "b"):
         write_shards([make_sample(i) for i in range(7)], tmp_path / name, shard_size=3)

@@ -29,7 +29,7 @@ def add_compare_command(sub: argparse._SubParsersAction) -> None:
                     "MLflow experiment, and comparison_kshot.png (ASR/RR against the attack's shots K, per run). "
                     "With no --experiment, the experiment of the most recently started run "
                     "that `mirage-ds eval` evaluated: right after `make demo`, `make run` or a sweep, the table of "
-                    "what just ran. Store: --tracking-uri, else $MLFLOW_TRACKING_URI, else "
+                    "what just ran (the output says so under its title and lists the store's experiments). Store: --tracking-uri, else $MLFLOW_TRACKING_URI, else "
                     "sqlite:///runs/mlflow.db under the working directory (where make and slurm/ write it).")
     cmp.add_argument("--experiment", default=None, help="an MLflow experiment name (default: the one evaluated last)")
     cmp.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,36 +18,19 @@ if TYPE_CHECKING:
     from mirage_ds.eval.sharding import Ranks
 
 
-def _embedded_export(model_path: Path, depth: int = 0) -> bool:
-    """Whether ``model_path`` is the export of a run on the embedded model and corpus (``RUN/export`` beside
-    ``RUN/config.yaml``), however many such runs deep: `make demo` trains its methods from its base's export,
-    and that chain still fits the embedded eval set."""
-    from mirage_ds.config import load_config
-
-    config = model_path.parent / "config.yaml"
-    if model_path.name != "export" or not config.is_file() or depth > 8:
-        return False
-    cfg = load_config(str(config))
-    if any(getattr(cfg.data, name) for name in ("train", "forget", "retain")):
-        return False
-    return cfg.model.path is None or _embedded_export(Path(cfg.model.path), depth + 1)
-
-
 def _no_silent_fallback(run_dir: Path) -> Path:
     """The embedded corpus's eval shards for an embedded run; a run that names a real model or real data
     must be given its eval data explicitly (its synthetic eval set would measure nothing it learned)."""
     from mirage_ds.config import load_config
+    from mirage_ds.data.corpus import ensure_synthetic, real_inputs
 
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"no --vlguard/--data given and no run config at {run_dir / 'config.yaml'} to find the embedded corpus from")
     cfg = load_config(str(run_dir / "config.yaml"))
-    real = [f"model.path={cfg.model.path}"] if cfg.model.path and not _embedded_export(Path(cfg.model.path)) else []
-    real += [f"data.{name}={getattr(cfg.data, name)}" for name in ("train", "forget", "retain") if getattr(cfg.data, name)]
+    real = real_inputs(cfg)
     if real:
         raise DataError(f"run {run_dir} names {', '.join(real)}: pass its eval data (--vlguard DIR --images DIR, or "
                         "--data SHARDS); the embedded synthetic eval set only fits runs on the embedded model and corpus")
-    from mirage_ds.data.corpus import ensure_synthetic
-
     return ensure_synthetic(cfg.data.synthetic)
 
 
@@ -69,10 +53,32 @@ def _judges(args: argparse.Namespace, judge: JudgeChoice, device: str, out_dir: 
                            "prompt_after": after_prompt}
 
 
+def _print_header(model_dir: Path, eval_set: dict[str, Any], judge: JudgeChoice, chosen: str) -> None:
+    """The run's header (stderr): the model, the eval set and the judge, with ``(default)`` where no option chose
+    them; eval.json records the same as ``eval_set`` and ``judge.chosen``."""
+    given = [f"{key} {eval_set[key]}" for key in ("vlguard", "images", "spavl", "data", "utility") if eval_set[key]]
+    default = f" ({eval_set['chosen']})" if eval_set["chosen"].startswith("default") else ""
+    harm = f" + model:{judge.model}" if judge.model else ""
+    print(f"eval: model {model_dir}\n  eval set: {', '.join(given)}{default}\n  judge: keyword:{judge.keywords}{harm}"
+          f"{' (default)' if chosen == 'default' else ''}", file=sys.stderr)
+
+
 def _warn_placeholders(count: int, total: int) -> None:
     if count:
         print(f"warning: {count} of {total} prompts use placeholder images; their rates do not measure the model "
               "on the real images", file=sys.stderr)
+
+
+def _enclosing_run(model_dir: Path) -> Path | None:
+    """The tracked training run whose directory holds ``model_dir`` directly (``RUN/export``, ``RUN/export-merged``):
+    a run directory has ``config.yaml`` and, when tracked, ``mlflow_run.json``. A deeper directory (a LoRA
+    export's ``base/``) is not the run's model."""
+    run_dir = model_dir.resolve().parent
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    from mirage_ds.tracking.mlflow_run import RUN_FILE  # imports MLflow: only for a model inside a run directory
+
+    return run_dir if (run_dir / RUN_FILE).is_file() else None
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -80,15 +86,24 @@ def _eval(args: argparse.Namespace) -> int:
     model_dir = Path(args.model) if args.model else (run_dir / "export" if run_dir else None)
     if model_dir is None or not model_dir.is_dir():
         raise DataError(f"model directory {model_dir} does not exist (pass --run OUTPUT_DIR or --model EXPORT_DIR)")
+    if run_dir is None:
+        run_dir = _enclosing_run(model_dir)
+        if run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+            print(f"eval: {model_dir} is inside the tracked run {run_dir}: the results attach to its MLflow run, as with "
+                  f"--run {run_dir}", file=sys.stderr)
     if args.vlguard and args.data:
         raise DataError("pass one of --vlguard (the paper's four cases) and --data (shards, rule-based attacks)")
     judge = judge_choice(args.judge)
     data, utility_dir = (Path(args.data) if args.data else None), (Path(args.utility) if args.utility else None)
+    chosen = "--vlguard/--data/--spavl"
     if not args.vlguard and data is None and not args.spavl:
         if run_dir is None:
             raise DataError("no eval data: pass --vlguard DIR --images DIR, --data SHARDS, or --run of an embedded run")
         corpus = _no_silent_fallback(run_dir)  # before the heavy imports: a refusal costs no model load
         data, utility_dir = corpus / "eval", utility_dir or corpus / "utility"
+        chosen = "default: the run's embedded corpus"
+    eval_set = {"chosen": chosen, "vlguard": args.vlguard, "images": args.images, "spavl": args.spavl,
+                "data": data and str(data), "utility": utility_dir and str(utility_dir)}
 
     from mirage_ds.engine.distributed import teardown_distributed
     from mirage_ds.eval.sharding import join_ranks
@@ -96,7 +111,7 @@ def _eval(args: argparse.Namespace) -> int:
     ranks = join_ranks()
     clean = False
     try:
-        code = _eval_on_ranks(args, judge, ranks, run_dir, model_dir, data, utility_dir)
+        code = _eval_on_ranks(args, judge, ranks, run_dir, model_dir, data, utility_dir, eval_set)
         clean = True
         return code
     finally:
@@ -104,8 +119,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_on_ranks(args: argparse.Namespace, judge: JudgeChoice, ranks: Ranks, run_dir: Path | None, model_dir: Path,
-                   data: Path | None, utility_dir: Path | None) -> int:
-    """Every rank builds the same cases and generates its share of the batches; rank 0 judges and writes."""
+                   data: Path | None, utility_dir: Path | None, eval_set: dict[str, Any]) -> int:
+    """Every rank builds the same cases and generates its share of the batches; rank 0 judges and writes (after
+    a header naming the model, the eval set and the judge, each marked where it is the default)."""
     import torch
 
     from mirage_ds.data.shards import read_samples
@@ -133,7 +149,9 @@ def _eval_on_ranks(args: argparse.Namespace, judge: JudgeChoice, ranks: Ranks, r
         cases += spavl_cases(Path(args.spavl), Path(args.spavl_images) if args.spavl_images else None, settings.limit)
         protocol = protocol if protocol == "spavl" else f"{protocol}+spavl"
     asked = [a for case in cases for a in case.asked()]
+    judged = {"chosen": " ".join(f"--judge {spec}" for spec in args.judge) or "default"}
     if ranks.leader:
+        _print_header(model_dir, eval_set, judge, judged["chosen"])
         _warn_placeholders(sum(a.placeholder for a in asked), len(asked))
     utility = None
     if utility_dir is not None:
@@ -148,9 +166,10 @@ def _eval_on_ranks(args: argparse.Namespace, judge: JudgeChoice, ranks: Ranks, r
                           progress=ranks.leader)
     # Only rank 0 judges: a judge model is loaded once, not once per rank.
     harm, harm_after, judge_info = _judges(args, judge, device, out_dir) if ranks.leader else (None, None, {})
+    judge_info = {**judge_info, **judged}
     name = args.name or (run_dir.name if run_dir else model_dir.name)
     result = evaluate(generator, name, cases, settings, harm=harm, harm_after=harm_after, utility=utility,
-                      protocol=protocol, judge_info=judge_info, ranks=ranks)
+                      protocol=protocol, judge_info=judge_info, eval_set=eval_set, ranks=ranks)
     if result is None:
         return 0
     paths = write_report(result, out_dir, run_dir, sample=args.sample)
@@ -176,12 +195,14 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
         description="The paper's four cases with --vlguard DIR --images DIR (test.json; test_what_3shot.json, "
                     "test_share_1shot.json), or rule-based one-word rewrites of shard records with --data, or "
                     "the embedded eval set of an embedded run with --run alone. Results go to eval.json and "
-                    "eval_table.md, and to the run's MLflow run when --run names a tracked run. Across ranks: "
+                    "eval_table.md, and to the run's MLflow run when --run names a tracked run or --model lies directly "
+                    "in one (RUN/export, RUN/export-merged: as --run RUN, which it says). Across ranks: "
                     "deepspeed --num_gpus N --no_local_rank --module mirage_ds.cli.main eval ... (or torchrun "
                     "--nproc_per_node N -m mirage_ds.cli.main eval ...): each rank generates whole batches, rank 0 "
                     "judges and writes; the results equal one process's.")
     ev.add_argument("--run", help="a training output_dir (uses its export/ and config)")
-    ev.add_argument("--model", help="an exported model directory (default: RUN/export)")
+    ev.add_argument("--model", help="an exported model directory (default: RUN/export); one directly inside a tracked "
+                                    "run (RUN/export-merged) attaches the results to that run")
     ev.add_argument("--spavl", help="SPA-VL directory (test/harm-*.parquet and test/help-*.parquet, or harm/help "
                     ".parquet/.json/.jsonl): rows spavl_harm (ASR) and spavl_help (RR); alone or beside --vlguard/--data")
     ev.add_argument("--spavl-images", help="directory SPA-VL image paths resolve under (when not embedded)")

@@ -71,6 +71,6 @@ def run_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists (use --overwrite to replace it)")
     dtype = args.dtype or _run_dtype(run_dir)
-    merge_lora_export(export, out, dtype, args.device or "cpu")
+    merge_lora_export(export, out, dtype, args.device or "cpu", overwrite=args.overwrite)
     print(f"wrote {out}: {export} merged into its base (dtype {dtype}) [{time.perf_counter() - start:.1f} s]")
     return 0

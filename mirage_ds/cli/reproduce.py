@@ -14,7 +14,7 @@ def _progress(line: str) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from mirage_ds.experiments.plan import METHODS, Reproduction, select_methods
+    from mirage_ds.experiments.plan import METHODS, Reproduction, default_out, select_methods
     from mirage_ds.experiments.runner import beside_base, reproduce
     from mirage_ds.experiments.sweep import parse_sweep, sweep
 
@@ -22,15 +22,16 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.beside:
         print(beside_base(Path(args.beside), extra).to_markdown(), end="")
         return 0
-    out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
-    plan = Reproduction(out_dir=out, variant=args.variant, seed=args.seed, ranks=args.ranks, overrides=tuple(args.overrides),
+    plan = Reproduction(out_dir=Path(args.out) if args.out else default_out(args.variant, args.seed, args.quick),
+                        variant=args.variant, seed=args.seed, ranks=args.ranks, overrides=tuple(args.overrides),
                         experiment=args.experiment, methods=select_methods(args.methods) if args.methods else METHODS,
                         eval_args=extra, quick=args.quick, jobs=args.jobs)
+    out = plan.out_dir  # absolute: the caller's directory is where a relative --out lives, in every process
     if args.sweep:
-        print(sweep(plan, parse_sweep(args.sweep), _progress).to_markdown(), end="")
+        print(sweep(plan, parse_sweep(args.sweep), _progress, args.force).to_markdown(), end="")
         print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
         return 0
-    print(reproduce(plan, _progress).to_markdown(), end="")
+    print(reproduce(plan, _progress, args.force).to_markdown(), end="")
     print(f"wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'figure1_first_words.png'}, {out / 'figure3_kshot.png'}")
     return 0
 
@@ -41,11 +42,16 @@ def add_reproduce_command(sub: argparse._SubParsersAction) -> None:
         description="Trains every Table 1 method from the pretrained embedded base with the launcher, evaluates "
                     "each (ASR/RR before and after the one-word attack, utility, degenerate share) and writes "
                     "OUT/table.md, OUT/table.json, OUT/figure1_first_words.png (first words of the SFT data) and "
-                    "OUT/figure3_kshot.png (ASR/RR against the attack's shots K, one line per model). Finished "
-                    "methods (OUT/<method>/eval/eval.json) are kept. With --sweep KEY=V1,V2,...: one such "
+                    "OUT/figure3_kshot.png (ASR/RR against the attack's shots K, one line per model). Each run "
+                    "directory (OUT/base, OUT/<method>) records the plan it ran for (plan.json: recipe, sizes, seed, "
+                    "overrides, ranks, base, eval arguments); a finished run of the same plan is kept, one of "
+                    "another plan is an error naming both (--force reruns it). With --sweep KEY=V1,V2,...: one such "
                     "directory per value, OUT/sweep-KEY-VALUE, then OUT/sweep.json and OUT/sweep.png. "
                     "With --beside RUN: print RUN's evaluated row beside its starting model's instead.")
-    rp.add_argument("--out", help="output directory (default: runs/reproduce, with --quick runs/reproduce-quick)")
+    rp.add_argument("--out", help="output directory, relative to the current one (default: runs/reproduce, with --quick "
+                                  "runs/reproduce-quick; another --variant or --seed: VARIANT-seedSEED below it)")
+    rp.add_argument("--force", action="store_true",
+                    help="rerun the run directories under OUT that hold runs of another plan (default: refuse them)")
     rp.add_argument("--variant", choices=("full", "lora"), default="full", help="the full or the LoRA recipes")
     rp.add_argument("--seed", type=int, default=0, help="every recipe's seed (default 0)")
     rp.add_argument("--ranks", type=int, default=1, help="ranks per training run (1: plain Python, no launcher)")

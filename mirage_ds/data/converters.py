@@ -1,4 +1,5 @@
-"""What every converter shares: shard options, JSON loading, required fields and image resolution.
+"""What every converter shares: shard options, JSON loading, required fields and image resolution (an image
+path from a dataset file stays under the images root: ``images.image_under``).
 
 The converters themselves live in ``vlguard.py``, ``llava.py`` and ``spavl.py``; each turns one source
 format into (Record, PNG bytes) samples and hands them to ``writer.write_shards``. Every error is one line
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mirage_ds.data.images import load_image_bytes, placeholder_png
+from mirage_ds.data.images import image_under, load_image_bytes, placeholder_png
 from mirage_ds.data.schema import DataError, Record, SampleError
 from mirage_ds.data.writer import Manifest, write_shards
 
@@ -62,14 +63,16 @@ def require(entry: Any, field: str, where: str, kind: type | tuple[type, ...] = 
 
 
 def record_image(images_dir: Path | None, relative: str, where: str, placeholder_size: int) -> tuple[bytes, bool]:
-    """(PNG bytes, is_placeholder): the file ``images_dir/relative``, or a placeholder seeded from ``relative``.
+    """(PNG bytes, is_placeholder): the file ``images_dir/relative`` (which must stay under ``images_dir``), or a
+    placeholder seeded from ``relative``.
 
     Seeding from the image path (not the record id) gives records that share an image the same pixels.
     """
     if images_dir is None:
         return placeholder_png(relative, placeholder_size), True
+    path = image_under(images_dir, relative, where)
     try:
-        return load_image_bytes(Path(images_dir) / relative), False
+        return load_image_bytes(path), False
     except DataError as err:
         raise DataError(f"{where}: {err}") from None
 

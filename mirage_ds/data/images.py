@@ -8,6 +8,7 @@ unsafe images) are seeded from text, so the same id always yields the same pixel
 from __future__ import annotations
 
 import io
+import os
 import random
 from pathlib import Path
 from typing import Literal
@@ -41,6 +42,19 @@ def png_from_bytes(data: bytes, where: str, size: int | None = None) -> bytes:
             return encode_png(_resized(image, size))
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"{where}: image does not decode ({err})") from None
+
+
+def image_under(root: str | Path, relative: str, where: str) -> Path:
+    """``root / relative``, the image a dataset file names, which must stay under ``root``: every converter and
+    every eval reader joins image paths here. An absolute path is accepted when it lies under ``root``; one
+    elsewhere, or a ``..`` that climbs out, is a DataError naming ``where``. The check is on the path as written
+    (a symbolic link under ``root`` may point anywhere, as the user set it up).
+    """
+    joined = os.path.normpath(os.path.join(root, relative))
+    top = os.path.abspath(root)
+    if not relative or os.path.commonpath([top, os.path.abspath(joined)]) != top:
+        raise DataError(f"{where}: image path {relative!r} is not under the images root {root}")
+    return Path(joined)
 
 
 def load_image_bytes(path: str | Path, size: int | None = None) -> bytes:

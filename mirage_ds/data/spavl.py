@@ -2,9 +2,10 @@
 
 ``chosen`` (the safe answer) becomes a ``retain`` sample (or ``sft``, by option) and ``rejected`` (the
 harmful answer) a ``forget`` sample: the pairing an unlearning method needs. Rows are read with
-``datasets`` from parquet or JSON / JSON lines. The image column may hold a path relative to
-``images_dir``, raw bytes, a ``datasets.Image`` value (``{bytes, path}``) or a PIL image. SPA-VL's
-``class1`` / ``class2`` columns, when present, become ``category`` / ``subcategory``.
+``datasets`` from parquet or JSON / JSON lines. The image column may hold a path under ``images_dir``
+(relative, or absolute inside it: ``images.image_under``), raw bytes, a ``datasets.Image`` value
+(``{bytes, path}``) or a PIL image. SPA-VL's ``class1`` / ``class2`` columns, when present, become
+``category`` / ``subcategory``.
 
 SPA-VL's test splits (``harm``, ``help``; 265 rows each) hold ``image, question, class1, class2, class3``
 and no answers: ``eval_queries`` reads them for evaluation (``eval/spavl.py``), from the hub layout
@@ -22,7 +23,7 @@ from typing import Any
 from PIL import Image as PILImage
 
 from mirage_ds.data.converters import ShardOptions, make_record, record_image
-from mirage_ds.data.images import encode_png, load_image_bytes, png_from_bytes
+from mirage_ds.data.images import encode_png, image_under, load_image_bytes, png_from_bytes
 from mirage_ds.data.schema import DataError, Record, Role
 from mirage_ds.data.writer import Manifest
 from mirage_ds.specs.grammar import first_word
@@ -63,8 +64,11 @@ def row_image(value: Any, images_dir: Path | None, where: str, placeholder_size:
     if isinstance(value, dict) and value.get("bytes"):
         return png_from_bytes(value["bytes"], where), False, value.get("path")
     if isinstance(value, dict) and value.get("path"):
-        # A datasets.Image without embedded bytes points at a file, usually by absolute path.
-        path = Path(images_dir) / value["path"] if images_dir is not None else Path(value["path"])
+        # A datasets.Image without embedded bytes points at a file, usually by absolute path: it must lie under
+        # the images root, so one is needed (a placeholder would hide that the real image was asked for).
+        if images_dir is None:
+            raise DataError(f"{where}: image {value['path']!r} is a file path: give the images root it lies under (--images DIR)")
+        path = image_under(images_dir, value["path"], where)
         try:
             return load_image_bytes(path), False, value["path"]
         except DataError as err:

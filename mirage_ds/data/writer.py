@@ -10,10 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import shutil
-import tempfile
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +19,7 @@ from typing import Literal
 import webdataset as wds
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mirage_ds import atomic
 from mirage_ds.data.schema import IMAGE_EXT, RECORD_EXT, DataError, Record, SampleError, encode_record, sample_key
 
 FORMAT = "mirage-ds/1"
@@ -48,11 +45,15 @@ class Manifest(BaseModel):
 
 
 def count_breakdown(records: Iterable[Record]) -> dict[str, int]:
-    """Dotted counts of the fields a user filters on: role, source, subset, safe, category."""
+    """Dotted counts of the fields a user filters on: role, source, subset, safe, category; and
+    ``image.placeholder``, the samples whose image was generated (built without ``--images``), which training
+    reports and ``--paper-scale`` refuses (data/corpus.py)."""
     counts: Counter[str] = Counter()
     for record in records:
         counts[f"role.{record.role}"] += 1
         counts[f"source.{record.source}"] += 1
+        if record.image_placeholder:
+            counts["image.placeholder"] += 1
         if record.subset is not None:
             counts[f"subset.{record.subset}"] += 1
         if record.safe is not None:
@@ -64,40 +65,20 @@ def count_breakdown(records: Iterable[Record]) -> dict[str, int]:
 
 @contextmanager
 def atomic_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty sibling temp dir; on success rename it to ``out_dir``, on any exception delete it.
-
-    With ``overwrite`` an existing ``out_dir`` is renamed aside, the new one renamed in, and only then the
-    old one deleted, so at every moment ``out_dir`` is either the complete old or the complete new data.
-    """
+    """``mirage_ds.atomic.atomic_dir`` (its docstring states the guarantee), with what a user must act on as a
+    ``DataError``: an existing ``out_dir`` without ``overwrite``, or new data that cannot be moved into place."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir} already exists (use overwrite / --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    filled = False
     try:
-        yield tmp
-        _publish(tmp, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    old: Path | None = None
-    if out_dir.exists():
-        if not overwrite:
-            raise DataError(f"{out_dir} already exists (use overwrite / --overwrite to replace it)")
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    try:
-        # rename(2) refuses a non-empty target, so a concurrent builder that won the race is not clobbered.
-        os.rename(tmp, out_dir)
+        with atomic.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            yield tmp
+            filled = True
     except OSError as err:
-        if old is not None:
-            os.rename(old, out_dir)
-        raise DataError(f"{out_dir}: cannot move the new data into place ({err.strerror})") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if not filled:  # the block's own error, passed on as it is
+            raise
+        raise DataError(f"{out_dir}: cannot move the new data into place ({err.strerror or err})") from None
 
 
 def _shard_sizes(head: list[tuple[Record, bytes]], exhausted: bool, shard_size: int, min_shards: int) -> Iterator[int]:

@@ -8,16 +8,15 @@ only where it records a dtype that ``export.dtype`` changes. LoRA writes the PEF
 files (but no ``config.json``: the directory is an adapter, not a model); ``merge_lora_export`` turns it into
 a full export (``mirage-ds export RUN --merge``; ``mirage-ds export RUN`` says what an export holds).
 
-Every export is written into a temporary directory beside its target and renamed into place: a reader
-never sees half an export.
+Every export is written into a temporary directory beside its target and renamed into place
+(``mirage_ds.atomic``): a reader never sees half an export, and a merge replaces an existing directory only
+when told to (``--overwrite``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from transformers import AutoConfig, LlavaForConditionalGeneration, PreTrainedModel
 
+from mirage_ds.atomic import atomic_dir
 from mirage_ds.config import ConfigError, TrainConfig
 from mirage_ds.models.loading import DTYPES, adapter_base, dtype_name
 
@@ -161,25 +161,6 @@ def write_full_export(state: dict[str, torch.Tensor], source: Path, out_dir: Pat
         (out_dir / "config.json").write_text(_config_with_dtype((source / "config.json").read_text(), target))
 
 
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """A fresh directory beside ``final`` that replaces it when the block succeeds, and is removed if it fails."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    old = final.with_name(f".{final.name}.old")
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     """Full state dict on rank 0 (None elsewhere), in the training dtype. Collective under ZeRO-3.
 
@@ -194,10 +175,11 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 
 def export_model(engine: Any, source: Path, export_dir: Path, cfg: TrainConfig) -> None:
-    """Collective. Writes ``export_dir`` atomically: the source's layout (full) or a PEFT adapter (LoRA)."""
+    """Collective. Writes ``export_dir`` atomically: the source's layout (full) or a PEFT adapter (LoRA). The
+    run's own previous export (a finished run resumed to train further) is replaced."""
     state = consolidated_state_dict(engine)
     if dist.get_rank() == 0:
-        with atomic_dir(export_dir) as tmp:
+        with atomic_dir(export_dir, overwrite=True) as tmp:
             if cfg.model.lora is None:
                 write_full_export(state, source, tmp, cfg.export.dtype)
             else:
@@ -242,19 +224,22 @@ def describe_export(export_dir: Path) -> str:
     raise ConfigError(f"{export_dir}: no export (neither a checkpoint's config.json nor a LoRA adapter_config.json)")
 
 
-def merge_lora_export(adapter_dir: Path, out_dir: Path, dtype: str, device: str = "cpu") -> None:
+def merge_lora_export(adapter_dir: Path, out_dir: Path, dtype: str, device: str = "cpu", overwrite: bool = False) -> None:
     """A full export of the LoRA export ``adapter_dir`` merged into its base, in the base's layout and files.
 
     Merged in fp32 on ``device`` (W + s·BA rounded once, to the export dtype), then written like a full
-    fine-tuning export.
+    fine-tuning export. An existing ``out_dir`` is replaced only with ``overwrite`` (else ``FileExistsError``,
+    before anything is loaded).
     """
     from peft import PeftModel
 
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter_dir}: no LoRA adapter (adapter_config.json) to merge; a full fine-tuning "
                           "export is already a checkpoint")
     base = adapter_base(adapter_dir)
     model = LlavaForConditionalGeneration.from_pretrained(base, local_files_only=True, dtype=torch.float32).to(device)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_full_export(merged.state_dict(), base, tmp, dtype)

@@ -25,12 +25,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoConfig
 
-from mirage_ds.config import ConfigError, TrainConfig, flatten, save_config
-from mirage_ds.data.corpus import resolve_streams
+from mirage_ds.config import TrainConfig, flatten, save_config
+from mirage_ds.data.corpus import data_header, resolve_streams
 from mirage_ds.data.preprocess import Preprocessor
 from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
 from mirage_ds.data.template import Template
-from mirage_ds.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mirage_ds.engine.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
 from mirage_ds.engine.ds_config import build_ds_config, zero_stage
 from mirage_ds.engine.export import export_model
@@ -43,7 +43,7 @@ from mirage_ds.eval.sharding import Ranks
 from mirage_ds.losses.base import Loss, LossContext, to_device
 from mirage_ds.losses.registry import build_loss
 from mirage_ds.models.loading import DTYPES, ModelBundle, build_model, resolve_model_path
-from mirage_ds.tracking import build_tracker, library_versions, system_metrics, truncate_metrics
+from mirage_ds.tracking import Tracker, build_tracker, library_versions, system_metrics, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,12 @@ def restrict_trainable(model: torch.nn.Module, pattern: str) -> None:
         raise ValueError(f"trainable pattern {pattern!r} matches no parameter")
 
 
-def train(cfg: TrainConfig, stop: StopSignal) -> RunStatus:
+def train(cfg: TrainConfig, stop: StopSignal, resolved: dict[str, Any] | None = None) -> RunStatus:
+    """``resolved``: how the launcher reached ``cfg`` from the request (engine/resolution.py), recorded with it."""
     rank, world = init_distributed()
     clean = False
     try:
-        status = _train(cfg, rank, world, stop)
+        status = _train(cfg, rank, world, stop, resolved or {})
         clean = True
         return status
     finally:
@@ -88,6 +89,7 @@ class Run:
     loss_fn: Loss
     reference: Reference | None
     streams: dict[str, Batches]
+    stream_dirs: dict[str, Path | list[Path]]  # what each stream reads (data/corpus.py)
     ds_config: dict[str, Any]
     start_step: int
     resumed_from: Path | None
@@ -97,14 +99,17 @@ class Run:
     def rank_state(self, step: int) -> dict[str, Any]:
         return {"step": step, "skipped": self.skipped, "streams": {n: b.state.to_dict() for n, b in self.streams.items()}}
 
-    def save_checkpoint(self, step: int) -> None:
-        """Collective: the engine and this rank's state as ``output_dir/checkpoints/step-N``."""
+    def save_checkpoint(self, step: int, tracker: Tracker) -> None:
+        """Collective: the engine and this rank's state as ``output_dir/checkpoints/step-N``. The metrics logged
+        so far are made durable first: a checkpoint never outlives the rows of the steps it holds."""
+        tracker.sync()
         save_checkpoint(self.engine, Path(self.cfg.output_dir) / "checkpoints", step, self.rank_state(step),
                         self.cfg.checkpoint.keep, self.faults)
 
 
 def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
     """Data, model, engine, reference, resume: in that order, every rank alike."""
+    latest = resume_point(Path(cfg.output_dir), cfg.resume)  # before anything slow: it may refuse the output_dir
     torch.manual_seed(cfg.seed)
     loss_fn = build_loss(cfg.loss, cfg.model)
     needs = loss_fn.needs
@@ -123,9 +128,6 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
     reference = build_reference(cfg, engine, ds_config, needs) if needs.reference else None
 
     start_step, skipped, states = 0, 0, {name: StreamState() for name in stream_dirs}
-    latest = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
-    if latest is not None and cfg.resume == "never":
-        raise ConfigError(f"output_dir={cfg.output_dir!r} already holds checkpoints; pass resume=auto or a new output_dir")
     if latest is not None:
         rank_state = load_checkpoint(engine, latest)
         start_step, skipped = rank_state["step"], rank_state.get("skipped", 0)
@@ -142,7 +144,7 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
         ))
         for i, (name, path) in enumerate(stream_dirs.items())
     }
-    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, ds_config, start_step, latest,
+    return Run(cfg, rank, world, engine, bundle, loss_fn, reference, streams, stream_dirs, ds_config, start_step, latest,
                Faults.from_env(rank), skipped)
 
 
@@ -221,18 +223,36 @@ def save_loss_state(run: Run) -> None:
             save_file({name: tensor.detach().cpu().contiguous()}, str(Path(run.cfg.output_dir) / f"{name}.safetensors"))
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStatus:
+def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal, resolved: dict[str, Any]) -> RunStatus:
     out_dir = Path(cfg.output_dir)
     run = build_run(cfg, rank, world)
-    engine, streams = run.engine, run.streams
+    # What ran, read back from the loaded model rather than taken from the request.
+    resolved = {**resolved, "attn_implementation": run.bundle.model.config._attn_implementation}
 
     if rank == 0:
         truncate_metrics(out_dir, run.start_step)
     tracker = build_tracker(cfg, rank)
+    end = "FAILED"  # the MLflow run's status if anything below raises
+    try:
+        status = _log_and_train(run, tracker, stop, resolved)
+        end = "FINISHED" if status == RunStatus.FINISHED else "KILLED"
+        return status
+    finally:
+        tracker.close(end)  # delivers what is still queued, whatever happened
+
+
+def _log_and_train(run: Run, tracker: Tracker, stop: StopSignal, resolved: dict[str, Any]) -> RunStatus:
+    """The run's header (config, params, artifacts), then the loop: step, log, checkpoint, export."""
+    cfg, rank, world, out_dir = run.cfg, run.rank, run.world, Path(run.cfg.output_dir)
+    engine, streams = run.engine, run.streams
     if rank == 0:
-        save_config(cfg, out_dir / "config.yaml")
+        save_config(cfg, out_dir / "config.yaml", resolved)
         (out_dir / "ds_config.json").write_text(json.dumps(run.ds_config, indent=2))
-        tracker.log_params({**flatten(cfg), **library_versions()})
+        tracker.log_params({**flatten(cfg), **flatten(resolved, "resolved."), **library_versions()})
+        data_lines, data_params = data_header(cfg, run.stream_dirs)  # synthetic corpus, placeholder images
+        tracker.log_params(data_params)
+        for line in data_lines:
+            log.warning("%s", line)
         tracker.log_artifact(out_dir / "config.yaml")
         tracker.log_artifact(out_dir / "ds_config.json")
         if run.resumed_from is not None:
@@ -298,18 +318,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopSignal) -> RunStat
                     )
             bar.update(1)
             if result.stop_requested:
-                run.save_checkpoint(step)
+                run.save_checkpoint(step, tracker)
                 status = RunStatus.PREEMPTED
                 break
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
-                run.save_checkpoint(step)
+                run.save_checkpoint(step, tracker)
             if live_eval is not None and live_eval.due(step):
                 tracker.log_metrics(live_eval(step), step)  # every rank generates; rank 0's tracker logs
 
     save_loss_state(run)
     if status == RunStatus.FINISHED:
-        run.save_checkpoint(step)
+        run.save_checkpoint(step, tracker)
         export_model(engine, run.bundle.path, out_dir / "export", cfg)
-    tracker.close("FINISHED" if status == RunStatus.FINISHED else "KILLED")
     return status
 

@@ -5,7 +5,8 @@ checked here: whether one image fits ``data.max_length``, whether the engine can
 the DeepSpeed file, how deep the language model is, which parameter names a ``trainable`` pattern matches,
 and whether the export can write the checkpoint's key layout back. Without it these fail at the first step
 or at the export, as a traceback on every rank (a mixed-dtype model, for one, as a bare ``AssertionError``
-inside DeepSpeed).
+inside DeepSpeed). ``check_data`` checks the data the loss reads: every stream given once anything real is
+named (or a real model trains on the synthetic corpus without a word), no placeholder images at paper scale.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from transformers import AutoConfig, LlavaForConditionalGeneration
 
 from mirage_ds.config import ConfigError, TrainConfig
+from mirage_ds.data.corpus import DATA_KEYS, check_streams, placeholder_images
 from mirage_ds.engine.ds_config import ds_config_path
 from mirage_ds.engine.export import read_layout, source_names
 from mirage_ds.losses.registry import build_loss
@@ -58,6 +60,22 @@ def check_against_model(cfg: TrainConfig) -> None:
             example = next((name for name in names if "language_model.layers." in name), names[0])
             raise ConfigError(f"loss.trainable={needs.trainable!r} matches no parameter of {model_name} "
                               f"(names look like {example!r})")
+
+
+def check_data(cfg: TrainConfig, paper_scale: bool = False) -> None:
+    """Raise ``ConfigError`` (one line) when a run that names a real input leaves a stream its loss reads unset
+    (``data.corpus.check_streams``), or, under ``--paper-scale``, when its shards hold generated placeholder
+    images (counted in their manifests) and ``data.allow_placeholder_images`` is not set. Reads manifests only."""
+    streams = build_loss(cfg.loss, cfg.model).needs.streams
+    check_streams(cfg, streams)
+    if not paper_scale or cfg.data.allow_placeholder_images:
+        return
+    given = {name: Path(getattr(cfg.data, name)) for name in DATA_KEYS if name in streams and getattr(cfg.data, name)}
+    counts = placeholder_images(given)
+    if counts:
+        held = ", ".join(f"{key} ({n} samples)" for key, n in counts.items())
+        raise ConfigError(f"--paper-scale: the shards of {held} hold generated placeholder images, not the real ones "
+                          "(built without --images): rebuild them with --images DIR, or set data.allow_placeholder_images=true")
 
 
 def check_dtype(cfg: TrainConfig) -> None:

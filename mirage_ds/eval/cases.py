@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mirage_ds.data.images import load_image_bytes, placeholder_png
+from mirage_ds.data.images import image_under, load_image_bytes, placeholder_png
 from mirage_ds.data.schema import DataError, Record
 from mirage_ds.data.vlguard import INSTRUCTION_FIELDS, vlguard_samples
 from mirage_ds.eval.attacks.kshot import load_kshot
@@ -78,7 +78,8 @@ class SubsetCase:
 
 
 class ImageSource:
-    """Images by VLGuard path (``<source>/<file>``) under ``root``, read once each.
+    """Images by VLGuard path (``<source>/<file>``) under ``root``, read once each; a path that leaves ``root``
+    (absolute elsewhere, or ``..``) is a DataError.
 
     ``placeholders``: a missing image (or every image, with no ``root``) becomes a seeded placeholder, and
     its path is kept in ``placeholder_paths``; otherwise a missing image raises DataError naming ``where``.
@@ -97,7 +98,7 @@ class ImageSource:
     def get(self, relative: str, where: str) -> tuple[bytes, bool]:
         """(PNG bytes, is_placeholder) of ``relative``; ``where`` names the record asking for it."""
         if relative not in self._cache:
-            path = None if self.root is None else Path(self.root) / relative
+            path = None if self.root is None else image_under(self.root, relative, where)
             if path is not None and path.is_file():
                 self._cache[relative] = load_image_bytes(path)
             elif self.placeholders:

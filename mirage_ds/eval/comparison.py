@@ -87,7 +87,8 @@ def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None
     """Writes ``comparison.md``, ``comparison.json`` (Table 1, ``eval/table.py``) and the K-shot figure into ``out_dir``; returns the Markdown.
 
     ``experiment`` None: the experiment of the most recently started evaluated run, so that right after
-    ``make demo`` (or ``make run``, or a sweep) this is the table of what just ran.
+    ``make demo`` (or ``make run``, or a sweep) this is the table of what just ran; the Markdown then says
+    so under its title and lists every experiment in the store.
     """
     uri = uri or store_uri()
     path = sqlite_path(uri)
@@ -113,6 +114,8 @@ def compare(out_dir: Path, experiment: str | None = None, uri: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(table.to_json(experiment=title, tracking_uri=uri), indent=1) + "\n")
     lines = [f"Experiment {title!r} at {uri}:", "", table.to_markdown().rstrip("\n")]
+    if experiment is None:
+        lines[1:1] = [f"(no --experiment: the experiment of the most recently started evaluated run, of: {listed})"]
     figure = kshot_figure([(run.info.run_name, run.data.metrics) for run in runs],
                           f"{title}: ASR / RR under the one-word attack, by shots K", out_dir / KSHOT_FIGURE)
     if figure is not None:

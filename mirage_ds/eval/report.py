@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mirage_ds.atomic import write_json  # noqa: E402
 from mirage_ds.eval.degenerate import KINDS, LEGEND, MARK, METRIC_SUFFIX  # noqa: E402
 from mirage_ds.eval.suite import EvalResult  # noqa: E402
 from mirage_ds.eval.table import MISSING, Rate, Row, Table, cell  # noqa: E402
@@ -116,6 +117,7 @@ def params_of(result: dict[str, Any]) -> dict[str, str]:
         "eval.max_new_tokens": str(result["generation"]["max_new_tokens"]),
         "eval.keywords": judge["keywords"],
         "eval.judge_model": judge.get("model", "none"),
+        "eval.judge_dtype": judge.get("dtype", "none"),
         "eval.judge_prompt": f"{judge.get('prompt_before', 'none')}/{judge.get('prompt_after', 'none')}",
         "eval.judge_decoding": json.dumps(judge.get("decoding"), sort_keys=True),
     }
@@ -154,10 +156,11 @@ def write_report(result: EvalResult, out_dir: Path, run_dir: Path | None, sample
         "plot": out_dir / "eval_attack.png",
         "generations": out_dir / "generations.jsonl",
     }
-    paths["json"].write_text(json.dumps(data, indent=2))
     paths["table"].write_text(table_markdown(data))
     plot(data, paths["plot"])
     paths["generations"].write_text("".join(json.dumps(g) + "\n" for g in result.generations[:sample]))
+    # Last and atomic: an eval.json that exists is a finished evaluation (reproduce reuses it as one).
+    write_json(paths["json"], data)
     if run_dir is not None:
         # Imported here: MLflow takes seconds to import, and an eval of a bare export never talks to it.
         from mirage_ds.tracking.mlflow_run import log_results

@@ -96,6 +96,7 @@ class EvalResult:
     judge: dict[str, Any]
     generation: dict[str, Any]
     generations: list[dict[str, Any]] = field(default_factory=list)
+    eval_set: dict[str, Any] = field(default_factory=dict)  # what was evaluated on, and whether by default
 
     def headline(self, metric: str) -> SubsetResult | None:
         """The subset row behind Table 1's ASR (``unsafes``) or RR (``safe_safes``) column."""
@@ -112,6 +113,7 @@ class EvalResult:
             "shortcut": self.shortcut,
             "counts": self.counts,
             "judge": self.judge,
+            "eval_set": self.eval_set,
             "generation": self.generation,
             "degenerate_mark_above": MOSTLY,
         }
@@ -137,12 +139,14 @@ def _share(asked: list[Asked], responses: dict[str, str]) -> DegenerateShare | N
 def evaluate(generator: Generator, model_name: str, cases: list[SubsetCase], settings: EvalSettings, *,
              harm: Judge | None = None, harm_after: Judge | None = None,
              utility: list[tuple[Record, bytes]] | None = None, protocol: str = "",
-             judge_info: dict[str, Any] | None = None, ranks: Ranks = Ranks()) -> EvalResult | None:
+             judge_info: dict[str, Any] | None = None, eval_set: dict[str, Any] | None = None,
+             ranks: Ranks = Ranks()) -> EvalResult | None:
     """Generate every case's prompts once, judge each subset on its own, and rate it before and after.
 
     ``harm``: the harm judge behind the refusal filter for ASR (None: keyword-only ASR, or the payload
     judge when every record carries a payload marker); ``harm_after``: a different one for the attacked
     shots (the official code's 3-shot prompt), default ``harm``. ``utility``: VQA samples with answers.
+    ``judge_info`` and ``eval_set``: what the caller chose, recorded in eval.json beside the results.
     ``ranks``: every rank calls this with the same cases and generates its share of the batches
     (``eval/sharding.py``); rank 0 judges and returns the result, the other ranks return None.
     """
@@ -209,4 +213,5 @@ def evaluate(generator: Generator, model_name: str, cases: list[SubsetCase], set
                     "pad_to_square": generator.pre.pad_to_square, "dtype": dtype_name(generator.dtype),
                     **generator.decoding},
         generations=generations,
+        eval_set=eval_set or {},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mirage_ds.config import ConfigError
 
@@ -40,6 +41,9 @@ QUICK: dict[str, tuple[str, ...]] = {
     # NPO and RMU keep their steps: they are the cheap rows, and fewer steps leave the held-out harm in place.
 }
 QUICK_EVAL_ARGS = ("--limit=25",)
+# In each run directory of a reproduction (``OUT/base``, ``OUT/<stem>``): the plan it was run for
+# (``Reproduction.records``). A directory is reused only when this matches the plan asked for.
+PLAN_FILE = "plan.json"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class Reproduction:
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise ConfigError(f"--jobs {self.jobs}: at least 1 run at a time")
+        # Absolute before any of it reaches a child process: children start in the caller's directory, but a
+        # path in a record or a table must not depend on where it is read from.
+        object.__setattr__(self, "out_dir", Path(self.out_dir).absolute())
 
     @property
     def experiment_name(self) -> str:
@@ -78,6 +85,53 @@ class Reproduction:
     @property
     def evaluation_args(self) -> tuple[str, ...]:
         return (*QUICK_EVAL_ARGS, *self.eval_args) if self.quick else self.eval_args
+
+    @property
+    def run_overrides(self) -> tuple[str, ...]:
+        """Every training run's overrides after its method's sizes: the seed, then ``overrides``."""
+        return (f"seed={self.seed}", *self.overrides)
+
+    def records(self, base: Path, corpus: Path) -> dict[str, dict[str, Any]]:
+        """Each run directory's plan (``PLAN_FILE``), by directory name: everything its numbers depend on. The
+        base's evaluation: the model, the corpus, the evaluation's arguments; a method's: its recipe (the
+        variant), its sizes, the seed and overrides, the ranks, the base it starts from and the evaluation's
+        arguments. Not the MLflow experiment nor ``jobs``: they change where a run is logged and when it
+        runs, not its numbers."""
+        evaluation = list(self.evaluation_args)
+        records: dict[str, dict[str, Any]] = {"base": {"model": str(base), "corpus": str(corpus), "eval_args": evaluation}}
+        for name, stem, sized in self.sized_methods:
+            records[stem] = {"method": name, "recipe": f"{stem}_{self.variant}", "overrides": [*sized, *self.run_overrides],
+                             "ranks": self.ranks, "base": str(base), "eval_args": evaluation}
+        return records
+
+
+def plan_difference(recorded: dict[str, Any] | None, asked: dict[str, Any]) -> str:
+    """What differs between a run directory's recorded plan and the plan asked for, both named."""
+    if recorded is None:
+        return f"it records no plan ({PLAN_FILE}), asked {asked}"
+    parts = []
+    for key in {**recorded, **asked}:
+        was, now = recorded.get(key), asked.get(key)
+        if was == now:
+            continue
+        if isinstance(was, list) and isinstance(now, list) and set(map(str, was)) != set(map(str, now)):
+            # the items on one side only: "overrides: recorded seed=0, asked seed=1"
+            was, now = [item for item in was if item not in now], [item for item in now if item not in was]
+        parts.append(f"{key}: recorded {_listed(was)}, asked {_listed(now)}")
+    return "; ".join(parts)
+
+
+def _listed(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) if value else "nothing"
+    return str(value)
+
+
+def default_out(variant: str, seed: int, quick: bool) -> Path:
+    """``runs/reproduce`` (``runs/reproduce-quick`` with ``quick``) for the full variant at seed 0, else
+    ``<that>/<variant>-seed<seed>``: another variant or seed gets a directory of its own by default."""
+    root = Path("runs/reproduce-quick" if quick else "runs/reproduce")
+    return root if (variant, seed) == ("full", 0) else root / f"{variant}-seed{seed}"
 
 
 def select_methods(names: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:

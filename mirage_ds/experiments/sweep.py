@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mirage_ds.atomic import write_json
 from mirage_ds.config import ConfigError, load_config
 from mirage_ds.eval.table import Table
 from mirage_ds.experiments.figures import sweep_figure
@@ -56,9 +56,10 @@ def sweep_rows(sweep: Sweep, tables: list[Table]) -> Table:
                        for value, table in zip(sweep.values, tables) for row in table.rows))
 
 
-def sweep(plan: Reproduction, dial: Sweep, progress: Any = print) -> Table:
+def sweep(plan: Reproduction, dial: Sweep, progress: Any = print, force: bool = False) -> Table:
     """One reproduction per value of ``dial`` (``plan`` plus ``KEY=VALUE`` into ``OUT/sweep-KEY-VALUE``, finished
-    methods kept), all in one MLflow experiment; writes ``OUT/sweep.json`` and ``OUT/sweep.png``, returns the table.
+    runs of the same plan kept, ``force`` as in ``reproduce``), all in one MLflow experiment; writes
+    ``OUT/sweep.json`` and ``OUT/sweep.png``, returns the table.
 
     The base is not retrained per value: its cache key holds the base recipe's own corpus spec
     (``models.pretrained.base_key``), so a ``data.synthetic`` override changes the methods' training data
@@ -71,11 +72,11 @@ def sweep(plan: Reproduction, dial: Sweep, progress: Any = print) -> Table:
     for value in dial.values:
         progress(f"sweep {dial.key}={value}")
         tables.append(reproduce(replace(plan, out_dir=dial.directory(plan.out_dir, value), experiment=experiment,
-                                        overrides=(*plan.overrides, f"{dial.key}={value}")), progress))
+                                        overrides=(*plan.overrides, f"{dial.key}={value}")), progress, force))
     table = sweep_rows(dial, tables)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     figure = sweep_figure(table, dial.key, plan.out_dir / "sweep.png")
     meta = {"key": dial.key, "values": [_number(value) for value in dial.values], "figure": str(figure),
             "experiment": experiment, "directories": [str(dial.directory(plan.out_dir, value)) for value in dial.values]}
-    (plan.out_dir / "sweep.json").write_text(json.dumps(table.to_json(**meta), indent=1) + "\n")
+    write_json(plan.out_dir / "sweep.json", table.to_json(**meta), indent=1)
     return table

@@ -1,4 +1,5 @@
-"""Pure loss functions on tensors: answer log-likelihoods, SFT cross-entropy, NPO and the RMU terms.
+"""Pure loss functions on tensors: answer log-likelihoods, SFT cross-entropy, NPO, the RMU terms, and the
+baselines GradDiff (with its retain KL) and SimNPO.
 
 Labels follow the Hugging Face causal-LM convention: ``labels`` has the shape of ``input_ids``, -100 marks
 positions outside the answer, and logits at position t predict the label at t+1 (the one-token shift is
@@ -44,6 +45,16 @@ def _logsumexp_fp32(rows: torch.Tensor, chunk_elements: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _answer_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows [N, V] of the logits that predict an answer token, their targets [N], answer mask [B, T-1])."""
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits [B, T, V] and labels [B, T] expected, got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    shift_labels = labels[:, 1:]
+    answer = shift_labels != IGNORE_INDEX
+    return logits[:, :-1][answer], shift_labels[answer], answer
+
+
 def answer_token_logp(logits: torch.Tensor, labels: torch.Tensor, *,
                       chunk_elements: int = LSE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probabilities of the answer tokens, in fp32 (fp64 logits stay fp64).
@@ -56,16 +67,15 @@ def answer_token_logp(logits: torch.Tensor, labels: torch.Tensor, *,
     (exact in fp32) and the log-sum-exp is chunked, so no second [B, T, V] fp32 tensor is built.
     Selecting the rows is one host sync (a boolean index), the price of skipping prompt and image tokens.
     """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"logits [B, T, V] and labels [B, T] expected, got {tuple(logits.shape)} and "
-                         f"{tuple(labels.shape)}")
-    shift_labels = labels[:, 1:]
-    answer = shift_labels != IGNORE_INDEX
-    rows = logits[:, :-1][answer]
-    targets = shift_labels[answer]
+    rows, targets, answer = _answer_rows(logits, labels)
     batch_index = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(answer)[answer]
     picked = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(_acc_dtype(rows.dtype))
     return picked - _logsumexp_fp32(rows, chunk_elements), batch_index, answer.sum(dim=1)
+
+
+def answer_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """[B] int64: answer tokens per sequence after the one-token shift, |y| (labels [B, T], -100 outside)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
 
 
 LogpReduction = Literal["sum", "mean", "batch_mean"]
@@ -113,6 +123,58 @@ def npo(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch
     if beta <= 0:
         raise ValueError(f"NPO beta must be > 0, got {beta}")
     return (-(2.0 / beta) * nnf.logsigmoid(-beta * (policy_logp - ref_logp))).mean()
+
+
+def grad_diff(forget_nll: torch.Tensor, retain_loss: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
+    """Gradient difference (Liu et al. 2022; open-unlearning's GradDiff): -gamma * NLL_f + alpha * L_r, 0-dim.
+
+    forget_nll: 0-dim ``sft`` of the forget batch (ascended); retain_loss: 0-dim ``sft`` of the retain batch
+    (retain_loss_type NLL) or ``retain_kl`` (KL). open-unlearning's defaults: gamma = alpha = 1, NLL.
+    """
+    return -gamma * forget_nll + alpha * retain_loss
+
+
+def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, *,
+              chunk_elements: int = LSE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """KL(pi_ref || pi_theta) of the next-token distributions, token mean over the batch's answer positions:
+    0-dim fp32 (open-unlearning's ``compute_kl_divergence`` direction: the reference is the target).
+
+    logits, ref_logits: [B, T, V] of the policy and the reference on one batch; labels: [B, T], -100 outside
+    the answer. Per row, with z the policy's logits and p the reference's softmax:
+        KL = sum_v p log p - sum_v p z + logsumexp(z),
+    so the policy's log-softmax is never built: under autograd only the reference's fp32 probabilities [N, V]
+    (a constant) and the policy's rows in their own dtype are kept, the log-sum-exp chunked as in
+    ``answer_token_logp``. open-unlearning averages over every position of the batch, prompt and padding
+    included; here only the answer positions count, as in every other term of this project (in a VLM the
+    image positions would otherwise outnumber the answer). The three sums cancel only to fp32 rounding (of order
+    1e-7 log V), so a KL of 0 may read as -1e-7. No answer token: 0, graph kept.
+    """
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits must match logits' shape {tuple(logits.shape)}, got {tuple(ref_logits.shape)}")
+    rows, _, _ = _answer_rows(logits, labels)
+    ref_rows, _, _ = _answer_rows(ref_logits.detach(), labels)
+    ref_logp = torch.log_softmax(ref_rows.to(_acc_dtype(ref_rows.dtype)), dim=-1)
+    ref_p = ref_logp.exp()
+    cross = (ref_p * rows.to(ref_p.dtype)).sum(-1)
+    per_row = (ref_p * ref_logp).sum(-1) - cross + _logsumexp_fp32(rows, chunk_elements)
+    return per_row.sum() / max(1, per_row.numel())
+
+
+def simnpo(policy_logp: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
+    """Simple NPO (Fan et al. 2024, "Simplicity Prevails", arXiv 2410.07163): reference-free, length-normalised.
+
+    policy_logp: [B] per-sequence **sums** of answer-token log-probs (``sequence_logp(..., "sum")``);
+    lengths: [B] answer tokens per sequence, |y|. Returns 0-dim
+    L = mean_b -(2/beta) * log sigmoid(-(beta/|y_b|) * log pi_theta(y_b|x_b) - delta), delta the paper's reward
+    margin. The reference code (OPTML-Group/Unlearn-Simple, open-unlearning) writes beta * (NLL/|y| - d),
+    i.e. delta = beta * d. A sequence without answer tokens divides by 1 (0 instead of 0/0 = NaN).
+    """
+    if beta <= 0:
+        raise ValueError(f"SimNPO beta must be > 0, got {beta}")
+    if lengths.shape != policy_logp.shape:
+        raise ValueError(f"lengths must match policy_logp's shape {tuple(policy_logp.shape)}, got {tuple(lengths.shape)}")
+    normalised = policy_logp / lengths.clamp_min(1).to(policy_logp.dtype)
+    return (-(2.0 / beta) * nnf.logsigmoid(-beta * normalised - delta)).mean()
 
 
 def rmu_forget(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor, norm: Norm,

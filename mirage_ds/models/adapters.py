@@ -1,8 +1,9 @@
 """What trains: the vision tower frozen, the projector per ``train_projector``, and the language model
-either fully or through LoRA adapters (PEFT)."""
+either fully or through LoRA adapters (PEFT); and which attention implementation a request can run with."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import torch
@@ -43,3 +44,17 @@ def apply_lora(model: LlavaForConditionalGeneration, cfg: ModelConfig) -> torch.
     # buffer of one dtype (zero/utils.py defragment asserts it), so the adapters keep the model's dtype, as
     # the projector copy does. DeepSpeed's optimizer still holds fp32 master weights for them.
     return get_peft_model(model, peft_config, autocast_adapter_dtype=False)
+
+
+def attn_implementation(requested: str) -> tuple[str, str | None]:
+    """(the implementation that runs here for ``model.attn_implementation=requested``, why it is not the one
+    requested, or None when it is). flash-attn is the optional ``gpu`` extra and runs only on CUDA; without it
+    SDPA gives the same result with more memory. The launcher turns a fallback into one warning and records
+    what ran (engine/resolution.py), so a config never says flash_attention_2 of a run that used SDPA."""
+    if requested != "flash_attention_2":
+        return requested, None
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa", "flash-attn is not installed (the optional gpu extra)"
+    if not torch.cuda.is_available():
+        return "sdpa", "flash-attn needs CUDA"
+    return requested, None

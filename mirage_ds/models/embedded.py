@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from mirage_ds.atomic import atomic_dir
 from mirage_ds.cache import build_lock, cache_root
 from mirage_ds.config import TinyModelSpec
 from mirage_ds.models.tokenizer import build_tokenizer
@@ -97,11 +96,6 @@ def ensure_embedded_model(spec: TinyModelSpec) -> Path:
     target = cache_root() / "models" / f"tiny-llava-{spec_hash(spec)}"
     with build_lock(target):
         if not (target / "config.json").is_file():
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-            try:
+            with atomic_dir(target, overwrite=True) as tmp:  # replaces an incomplete leftover (no config.json)
                 build_tiny_llava(spec, tmp)
-                shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover (no config.json)
-                tmp.rename(target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -21,9 +21,9 @@ from transformers import (
 )
 
 from mirage_ds.config import ConfigError, ModelConfig
-from mirage_ds.models.adapters import apply_lora, freeze_for_training
+from mirage_ds.models.adapters import apply_lora, attn_implementation, freeze_for_training
 from mirage_ds.models.embedded import ensure_embedded_model
-from mirage_ds.models.pretrained import ensure_pretrained_base
+from mirage_ds.models.pretrained import base_path, ensure_pretrained_base, starts_from_base
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # config.json's dtype names (``dtype``; ``torch_dtype`` in files written before transformers 5) -> DTYPES keys.
@@ -43,16 +43,32 @@ class ModelBundle:
 
 
 def resolve_model_path(cfg: ModelConfig) -> Path:
-    """The checkpoint directory: ``model.path``, or the embedded model's cache (built on first use): the pretrained
-    base (``models.pretrained``) or, with ``model.embedded_base=random``, the untrained tiny model."""
+    """The checkpoint directory: ``model.path``, or the embedded model's cache: the pretrained base
+    (``models.pretrained``), which this never trains (``ensure_model_path`` does, in a build phase), or, with
+    ``model.embedded_base=random``, the untrained tiny model (built on first use: seconds)."""
+    if starts_from_base(cfg):
+        path = base_path(cfg.embedded)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"the pretrained embedded base is not built ({path}): `mirage-ds base build` builds it "
+                              "(a few minutes, once), as the launcher's and `mirage-ds reproduce`'s build phase do; "
+                              "model.embedded_base=random starts from the untrained tiny model instead")
+        return path
     if cfg.path is None:
-        if cfg.embedded_base == "pretrained":
-            return ensure_pretrained_base(cfg.embedded)
         return ensure_embedded_model(cfg.embedded)
     path = Path(cfg.path)
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.path={cfg.path!r}: no config.json there (expected an HF LLaVA checkpoint directory)")
     return path
+
+
+def ensure_model_path(cfg: ModelConfig) -> Path:
+    """The build phase's model step: ``resolve_model_path`` after training the pretrained embedded base when
+    ``cfg`` starts from it and it is not cached yet (``models.pretrained.ensure_pretrained_base``: minutes,
+    printed with a progress bar). The launcher calls it before its checks, ``mirage-ds reproduce`` before its
+    runs, ``mirage-ds base build`` alone."""
+    if starts_from_base(cfg):
+        ensure_pretrained_base(cfg.embedded)
+    return resolve_model_path(cfg)
 
 
 def adapter_base(adapter_dir: Path) -> Path:
@@ -111,25 +127,13 @@ def language_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError("no '<...>.language_model.layers' ModuleList in this model (is it a LLaVA?)")
 
 
-def _attn_implementation(requested: str) -> str:
-    if requested == "flash_attention_2":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            # flash-attn is the optional `gpu` extra; SDPA gives the same result with more memory.
-            return "sdpa"
-        if not torch.cuda.is_available():
-            return "sdpa"
-    return requested
-
-
 def load_model(path: Path, cfg: ModelConfig) -> LlavaForConditionalGeneration:
     """The plain HF model at ``path`` in ``model.dtype`` (no freezing, no LoRA): also the frozen reference."""
     return LlavaForConditionalGeneration.from_pretrained(
         path,
         local_files_only=True,
         dtype=DTYPES[cfg.dtype],
-        attn_implementation=_attn_implementation(cfg.attn_implementation),
+        attn_implementation=attn_implementation(cfg.attn_implementation)[0],  # the launcher warned of a fallback
     )
 
 

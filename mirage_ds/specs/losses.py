@@ -109,7 +109,47 @@ class RMUConfig(_LossSection):
         return pattern
 
 
-LossConfig = Annotated[SFTConfig | NPOConfig | RMUConfig, Field(discriminator="name")]
+class GradDiffConfig(_LossSection):
+    """Gradient difference: ascent on the forget set, descent on the retain set (``losses/graddiff.py``).
+
+    The defaults are open-unlearning's GradDiff (gamma = alpha = 1, retain_loss_type NLL).
+    """
+
+    name: Literal["graddiff"] = "graddiff"
+    forget_weight: float = 1.0  # gamma
+    retain_weight: float = 1.0  # alpha
+    # False: the retain term is the retain CE (retain_loss_type NLL); True: KL(pi_ref || pi_theta) on the
+    # retain answer tokens instead (retain_loss_type KL), which asks the loop for the reference model.
+    retain_kl: bool = False
+
+
+# SimNPO presets fill beta, delta and the two weights. ``open_unlearning``: open-unlearning's
+# configs/trainer/SimNPO.yaml (beta 4.5, delta 0, gamma 0.125, alpha 1, retain NLL); its comments map delta and
+# gamma to the gamma and npo_coeff of the SimNPO authors' code (OPTML-Group/Unlearn-Simple, TOFU/config/forget.yaml).
+SIMNPO_PRESETS: dict[str, dict[str, Any]] = {
+    "open_unlearning": {"beta": 4.5, "delta": 0.0, "forget_weight": 0.125, "retain_ce_weight": 1.0},
+}
+
+
+class SimNPOConfig(_LossSection):
+    """Simple NPO, reference-free and length-normalised (``losses/simnpo.py``)."""
+
+    name: Literal["simnpo"] = "simnpo"
+    preset: Literal["open_unlearning"] = "open_unlearning"
+    beta: float = Field(gt=0)
+    # The reward margin, as the paper's Eq. writes it: -(2/beta) log sigmoid(-(beta/|y|) log pi - delta).
+    # The reference code subtracts its delta before the beta: its delta d is delta = beta * d here.
+    delta: float
+    forget_weight: float
+    retain_ce_weight: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return _fill_from_preset(data, SIMNPO_PRESETS, "open_unlearning")
+
+
+LossConfig = Annotated[SFTConfig | NPOConfig | RMUConfig | GradDiffConfig | SimNPOConfig, Field(discriminator="name")]
 
 LOSS_CONFIGS: dict[str, type[BaseModel]] = {
     cls.model_fields["name"].default: cls for cls in get_args(get_args(LossConfig)[0])

@@ -8,11 +8,11 @@
 - ``versions.py``: the library versions recorded in every run's params.
 
 Only this package opens MLflow (lazily: importing ``mirage_ds.tracking`` does not import it); it imports
-nothing of the project but ``mirage_ds.cache``, and ``mirage_ds.config`` for one annotation. The Table 1
+nothing of the project but ``mirage_ds.cache``, ``mirage_ds.atomic``, and ``mirage_ds.config`` for one annotation. The Table 1
 comparison that reads the store back is ``eval/comparison.py``.
 """
 
-from mirage_ds.tracking.trackers import build_tracker, system_metrics, truncate_metrics
+from mirage_ds.tracking.trackers import METRICS_FILE, Tracker, build_tracker, system_metrics, truncate_metrics
 from mirage_ds.tracking.versions import library_versions
 
-__all__ = ["build_tracker", "library_versions", "system_metrics", "truncate_metrics"]
+__all__ = ["METRICS_FILE", "Tracker", "build_tracker", "library_versions", "system_metrics", "truncate_metrics"]

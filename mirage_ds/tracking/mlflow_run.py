@@ -9,20 +9,32 @@ The run id is written to ``output_dir/mlflow_run.json``: a resumed run continues
 ``mirage-ds eval`` attaches its results to it through the same queue (``MlflowTracker.attach``). Under a
 sweep, ``MIRAGE_SWEEP_PARENT`` (set by slurm/sweep.sh, see ``sweep_parent.py``) makes each task a child of
 the sweep's parent run.
+
+One value per step across a crash and ``resume=auto``: MLflow cannot delete a logged value, so the resumed
+training tracker never sends a (metric, step) its run already holds. The steps after the checkpoint that the
+crashed process delivered keep their first values; the resumed process trains them again exactly (same
+data, RNG and weights), so the training values are the same (timings and system load are the first
+attempt's; ``metrics.jsonl`` has the replay's). The steps up to the checkpoint that the crash kept from
+delivery (up to ``DELIVER_EVERY_S`` of queue) are delivered from ``metrics.jsonl``'s kept rows. A resume
+with changed overrides is not a replay: its MLflow values for those steps stay the first attempt's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from mirage_ds.tracking.store import ensure_experiment, open_client, read_record, write_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +46,15 @@ DELIVER_EVERY_S = 5.0
 
 class MlflowTracker:
     """The ``Tracker`` that logs to MLflow run ``run_name`` in ``experiment`` at ``uri`` (or to the run
-    already recorded in ``output_dir`` for that store). ``ends_run=False`` leaves the run's status alone."""
+    already recorded in ``output_dir`` for that store). ``ends_run=False`` leaves the run's status alone.
+
+    ``history``: a training run's ``metrics.jsonl`` rows as it starts (on resume, those up to the checkpoint);
+    then every (metric, step) is sent at most once to the run: rows it lacks are delivered, values it holds
+    are never sent again (module docstring). None (results attached after training) sends everything.
+    """
 
     def __init__(self, output_dir: Path, uri: str, run_name: str, experiment: str, retry_s: float = 15.0,
-                 ends_run: bool = True) -> None:
+                 ends_run: bool = True, history: Iterable[dict[str, Any]] | None = None) -> None:
         # Fail fast per request: a dead server must cost seconds per retry window, not minutes per call.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -50,6 +67,12 @@ class MlflowTracker:
         self.tags: list[RunTag] = []
         self.artifacts: list[tuple[Path, str | None]] = []
         self._logged_params: set[str] = set()
+        self._one_value_per_step = history is not None
+        # Under ``history``: each metric's highest step the run held when opened. The queue delivers a metric's
+        # steps in order, so the run holds every step of it up to that one (and, after a resume, still does).
+        self._held: dict[str, int] = {}
+        for row in history or ():
+            self._queue_metrics({k: math.nan if v is None else v for k, v in row.items() if k != "step"}, row["step"])
         self._last_attempt = 0.0
         self._warned = False
         self._flush()
@@ -77,8 +100,7 @@ class MlflowTracker:
         self._flush()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.metrics += [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self._queue_metrics(metrics, step)
         # Deliver every DELIVER_EVERY_S, not every step: one log_batch to a sqlite store costs 20-40 ms here,
         # more than a small model's whole step (benchmarks/overhead.py). While the server is away, retry only
         # every retry_s seconds: a step must not wait on the network. close() delivers the rest.
@@ -88,6 +110,9 @@ class MlflowTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
         self._flush()
+
+    def sync(self) -> None:
+        pass  # the queue is delivered on its own schedule; metrics.jsonl is the durable record
 
     def close(self, status: str = "FINISHED") -> None:
         # Last chance to deliver the queue: keep trying for a while (a server restart takes seconds).
@@ -104,6 +129,10 @@ class MlflowTracker:
                 log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, err)
 
     # -- delivery ----------------------------------------------------------------------------------
+    def _queue_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.metrics += [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+
     def _pending(self) -> int:
         return len(self.params) + len(self.metrics) + len(self.tags) + len(self.artifacts)
 
@@ -114,6 +143,7 @@ class MlflowTracker:
             if self.run_id is None:
                 self.run_id = self._open_run()
             self.params = [p for p in self.params if p.key not in self._logged_params]
+            self.metrics = [m for m in self.metrics if m.step > self._held.get(m.key, -1)]
             while self.params or self.metrics or self.tags:
                 # log_batch limits: 1,000 metrics, 100 params, 100 tags per call.
                 params, metrics, tags = self.params[:100], self.metrics[:1000], self.tags[:100]
@@ -144,6 +174,9 @@ class MlflowTracker:
             # A resumed run continues its MLflow run. MLflow refuses to change a logged param (and
             # `resume` did change), which would block the whole queue: only params it lacks are sent.
             self._logged_params = set(run.data.params)
+            if self._one_value_per_step:
+                self._held = {key: max(m.step for m in self.client.get_metric_history(saved["run_id"], key))
+                              for key in run.data.metrics}
             return saved["run_id"]
         experiment_id = ensure_experiment(self.client, self.experiment)
         tags = {"mirage.output_dir": str(self.output_dir.resolve())}

@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mirage_ds.atomic import publish_file, write_json
 from mirage_ds.cache import build_lock
 
 if TYPE_CHECKING:
@@ -29,8 +30,13 @@ SQLITE = "sqlite:///"
 
 
 def store_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else the sqlite store ``runs/mlflow.db`` under the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{Path.cwd() / 'runs' / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, else the sqlite store ``runs/mlflow.db`` under the working directory; a sqlite
+    path is made absolute against the working directory (``sqlite:///runs/x.db`` too), so the URI a process
+    hands on names the same store wherever it is read (the children of ``mirage-ds reproduce`` and ``train``
+    start in their caller's directory)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}runs/mlflow.db"
+    path = sqlite_path(uri)
+    return uri if path is None else f"{SQLITE}{path.absolute()}"
 
 
 def experiment_name(configured: str | None = None) -> str:
@@ -112,7 +118,7 @@ def ensure_sqlite_store(path: Path) -> None:
         MlflowClient(tracking_uri=f"{SQLITE}{building}").search_experiments(max_results=1)
         if _store_state(building) != "complete":
             raise StoreError(f"MLflow did not finish creating {building}: remove it and retry")
-        building.replace(path)
+        publish_file(building, path)
 
 
 def read_record(path: Path) -> dict[str, str] | None:
@@ -121,11 +127,8 @@ def read_record(path: Path) -> dict[str, str] | None:
 
 
 def write_record(path: Path, uri: str, run_id: str, experiment_id: str) -> None:
-    """Written to a temporary name and renamed: a reader never sees half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": experiment_id}))
-    tmp.replace(path)
+    """Written atomically (``mirage_ds.atomic``): a reader never sees half a record."""
+    write_json(path, {"tracking_uri": uri, "run_id": run_id, "experiment_id": experiment_id}, indent=None)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -24,7 +24,9 @@ from mirage_ds.models.loading import load_model, resolve_model_path  # noqa: E40
 
 
 def main(out_dir: str, result_path: str) -> None:
-    cfg = load_config("npo_full", [f"output_dir={out_dir}", "micro_batch_size=2", "optim.lr=1e-2"])
+    # The untrained tiny model, as every run of the suite (tests/conftest.py's UNTRAINED).
+    cfg = load_config("npo_full", ["model.embedded_base=random", f"output_dir={out_dir}", "micro_batch_size=2",
+                                   "optim.lr=1e-2"])
     rank, world = init_distributed()
     run = build_run(cfg, rank, world)
     assert world == 2 and run.engine.zero_optimization_partition_weights()
