@@ -14,12 +14,16 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
+import os
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -37,6 +41,8 @@ Transform = Callable[[Record, bytes, str], dict[str, Any]]
 # the decoders already imported.
 LOADER_CONTEXT = multiprocessing.get_context("forkserver")
 LOADER_CONTEXT.set_forkserver_preload([__name__])
+# How often a loader worker checks that its rank is alive (``exit_with_rank``).
+RANK_WATCH_S = 1.0
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
@@ -167,6 +173,7 @@ class Batches:
             num_workers=stream.loader_workers,
             prefetch_factor=2 if stream.loader_workers > 0 else None,
             multiprocessing_context=LOADER_CONTEXT if stream.loader_workers > 0 else None,
+            worker_init_fn=functools.partial(exit_with_rank, os.getpid()) if stream.loader_workers > 0 else None,
         )
         self._iter = iter(self.loader)
 
@@ -182,6 +189,27 @@ class Batches:
         if skipped:
             self.state.skipped += skipped
         return batch
+
+
+def exit_with_rank(rank_pid: int, worker_id: int) -> None:
+    """``worker_init_fn``: the worker exits as soon as its rank is gone. Torch's own watchdog compares the
+    worker's parent with the one it started under, which here is the forkserver, not the rank: a rank killed
+    by SIGKILL (OOM, ``kill -9``) left its workers and, through them, the forkserver running for ever, holding
+    the run's stdout and stderr open. A zombie rank counts as gone."""
+    rank = psutil.Process(rank_pid)
+
+    def watch() -> None:
+        while True:
+            time.sleep(RANK_WATCH_S)
+            try:
+                # is_running compares the creation time too, so a new process under a reused pid is not the rank.
+                gone = not rank.is_running() or rank.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                gone = True
+            if gone:
+                os._exit(0)
+
+    threading.Thread(target=watch, name=f"rank-watch-{worker_id}", daemon=True).start()
 
 
 # Byte alignment of each tensor in the packed buffer: a view as int64 / float64 needs 8.
