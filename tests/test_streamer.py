@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +101,22 @@ def test_a_worker_hands_over_the_same_batches_as_in_process_decoding(tmp_path: P
                 assert (b[key].dtype, b[key].shape) == (value.dtype, value.shape), key
                 assert torch.equal(b[key], value), key
     assert worker.state.to_dict() == in_process.state.to_dict()
+
+
+def test_a_worker_ignores_stop_signals_sent_to_its_process_group(tmp_path: Path, pre: Preprocessor) -> None:
+    # Slurm signals a job step's every process, a terminal's Ctrl-C the whole foreground group: the stop is
+    # the rank's to handle (checkpoint, exit 3), so its loader workers must not die of it (a forkserver's
+    # child starts with the default handlers, which would end it; exit_with_rank ignores them).
+    path = make_shards(tmp_path / "d", n=11, shards=2)
+    batches = _stream(path, pre, workers=2, batch=3)
+    first = next(batches)["ids"]
+    workers = [w.pid for w in batches._iter._workers]
+    for pid in workers:
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            os.kill(pid, sig)
+    time.sleep(0.5)
+    assert all(w.is_alive() for w in batches._iter._workers), workers
+    assert [next(batches)["ids"] for _ in range(4)] and first  # the stream goes on
 
 
 def test_too_few_shards_for_ranks_x_workers(tmp_path: Path, pre: Preprocessor) -> None:

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -192,10 +193,19 @@ class Batches:
 
 
 def exit_with_rank(rank_pid: int, worker_id: int) -> None:
-    """``worker_init_fn``: the worker exits as soon as its rank is gone. Torch's own watchdog compares the
-    worker's parent with the one it started under, which here is the forkserver, not the rank: a rank killed
-    by SIGKILL (OOM, ``kill -9``) left its workers and, through them, the forkserver running for ever, holding
-    the run's stdout and stderr open. A zombie rank counts as gone."""
+    """``worker_init_fn``: the worker follows its rank, which a forkserver's child does not do by itself.
+
+    - Stop signals are the rank's: a worker ignores SIGUSR1, SIGTERM and SIGINT, which reach it too when they
+      are sent to the whole process group (Slurm signalling a job step, Ctrl-C at a terminal). A forked worker
+      inherited the rank's handler; a forkserver's child has the default one, which ends it, and the rank
+      then failed with "DataLoader worker exited unexpectedly" instead of checkpointing.
+    - It exits as soon as its rank is gone. Torch's own watchdog compares the worker's parent with the one it
+      started under, which here is the forkserver, not the rank: a rank killed by SIGKILL (OOM, ``kill -9``)
+      left its workers and, through them, the forkserver running for ever, holding the run's stdout and
+      stderr open. A zombie rank counts as gone.
+    """
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     rank = psutil.Process(rank_pid)
 
     def watch() -> None:
