@@ -84,6 +84,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: a module's own order is kept
 
 
+@pytest.fixture(autouse=True)
+def _suite_store_kept():
+    """Every test ends with the suite's store in ``$MLFLOW_TRACKING_URI``. ``mlflow.set_tracking_uri`` (which the
+    fluent API needs) also sets that variable, so that subprocesses inherit it: a test calling it would hand its
+    own store, often a server it then stops, to every later test on its worker, whose runs then waited out a
+    dead server (CI at a949dc8: two error tests timed out, 8 failures)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def vlguard() -> Path:
     """The VLGuard text directory. The suite's one non-hardware skip: a test that needs the text (itself, with
