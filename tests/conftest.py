@@ -76,12 +76,32 @@ def pytest_configure(config: pytest.Config) -> None:
         subprocess.Popen = _NoLaunchPopen
 
 
+# tryfirst: pytest-xdist's worker tags each test's id with its group in its own collection hook; a mark added
+# after that hook has no effect, and every module's tests would be spread over both workers (each worker then
+# runs the module-scoped launches, the Slurm cluster and test_hub_path's shared runs again).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name not in SPREAD and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: a module's own order is kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Under ``--dist loadgroup`` every test must carry its group in its id (what xdist schedules by): with a
+    pytest that xdist cannot tag (9.2 with xdist 3.8) the groups split silently and the suite runs its shared
+    launches twice. Stop before any test runs instead, naming the versions."""
+    if node.config.getoption("dist") != "loadgroup":
+        return
+    untagged = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1].rsplit("::", 1)[-1]]
+    if untagged:
+        from importlib.metadata import version
+
+        pytest.exit(f"xdist_group not applied to {len(untagged)} of {len(ids)} tests (e.g. {untagged[0]}) under pytest "
+                    f"{version('pytest')} with pytest-xdist {version('pytest-xdist')}: install the lock's versions "
+                    "(make venv)", returncode=2)
 
 
 @pytest.fixture(autouse=True)
