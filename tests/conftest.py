@@ -95,7 +95,8 @@ def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
     launches twice. Stop before any test runs instead, naming the versions."""
     if node.config.getoption("dist") != "loadgroup":
         return
-    untagged = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1].rsplit("::", 1)[-1]]
+    untagged = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1].rsplit("::", 1)[-1]
+                and Path(nodeid.split("::", 1)[0]).name not in SPREAD]  # SPREAD's tests go one by one
     if untagged:
         from importlib.metadata import version
 
