@@ -85,7 +85,8 @@ reproduce: $(STAMP)
 # The suite on 2 pytest-xdist workers (tests/conftest.py says how tests are spread); WORKERS=0 runs it in one
 # process. test-fast: the tests that launch no ranks (a few minutes), for iteration.
 WORKERS ?= 2
-XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
+# --no-loadscope-reorder: xdist would otherwise send the groups with the most tests first, not conftest's longest.
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(XDIST) $(ARGS)
 

@@ -41,7 +41,7 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / f'mlflow-suite-{_WORKER}.db'}")
 (REPO / ".cache-test").mkdir(exist_ok=True)
 
-# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup`): one launch is mostly a
+# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`): one launch is mostly a
 # single core's work (imports, one rank, waits on Slurm or an MLflow server), so two at once fill the
 # machine. A module's tests stay on one worker (its module-scoped runs, the one Slurm cluster), except the
 # modules below, whose tests share nothing but session fixtures (cached on disk under a lock) and so
