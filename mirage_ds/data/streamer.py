@@ -11,9 +11,11 @@ Shards are read with ``shards.py``, the project's one shard reader.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import random
 import signal
@@ -221,6 +223,20 @@ def exit_with_rank(rank_pid: int, worker_id: int) -> None:
 
     threading.Thread(target=watch, name=f"rank-watch-{worker_id}", daemon=True).start()
 
+
+
+def end_loader_workers() -> None:
+    """At the rank's exit, SIGKILL the loader workers still alive. multiprocessing's own exit handler ends a
+    daemonic child with SIGTERM and then waits for it, and a worker ignores SIGTERM (``exit_with_rank``): a rank
+    leaving while its loaders were up (a data error raised through a loader, exit 2) waited for ever. A worker
+    holds nothing to save. Registered after multiprocessing's handler, so it runs first."""
+    for child in multiprocessing.active_children():
+        if isinstance(child, LOADER_CONTEXT.Process):
+            child.kill()
+            child.join(timeout=10)
+
+
+atexit.register(end_loader_workers)
 
 # Byte alignment of each tensor in the packed buffer: a view as int64 / float64 needs 8.
 PACK_ALIGN = 8
