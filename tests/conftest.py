@@ -41,8 +41,8 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' / f'mlflow-suite-{_WORKER}.db'}")
 (REPO / ".cache-test").mkdir(exist_ok=True)
 
-# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`): one launch is mostly a
-# single core's work (imports, one rank, waits on Slurm or an MLflow server), so two at once fill the
+# `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`): one
+# launch is mostly a single core's work (imports, one rank, waits on Slurm or an MLflow server), so two at once fill the
 # machine. A module's tests stay on one worker (its module-scoped runs, the one Slurm cluster), except the
 # modules below, whose tests share nothing but session fixtures (cached on disk under a lock) and so
 # spread over both workers; a test there may still pin a group of its own (test_hub_path's export tests
@@ -110,7 +110,8 @@ def _suite_store_kept():
     """Every test ends with the suite's store in ``$MLFLOW_TRACKING_URI``. ``mlflow.set_tracking_uri`` (which the
     fluent API needs) also sets that variable, so that subprocesses inherit it: a test calling it would hand its
     own store, often a server it then stops, to every later test on its worker, whose runs then waited out a
-    dead server (CI at a949dc8: two error tests timed out, 8 failures)."""
+    dead server (CI at a949dc8: a resumed-run tracking test and test_resolved_run found no MLflow run, the 2-rank
+    full run timed out)."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     if os.environ.get("MLFLOW_TRACKING_URI") != before:
