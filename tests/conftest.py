@@ -42,8 +42,8 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / '.cache-test' /
 (REPO / ".cache-test").mkdir(exist_ok=True)
 
 # `make test` runs the suite on 2 pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`): one
-# launch is mostly a single core's work (imports, one rank, waits on Slurm or an MLflow server), so two at once fill the
-# machine. A module's tests stay on one worker (its module-scoped runs, the one Slurm cluster), except the
+# launch is mostly a single core's work (imports, one rank, waits on Slurm or an MLflow server), so two at once
+# fill the machine. A module's tests stay on one worker (its module-scoped runs, the one Slurm cluster), except the
 # modules below, whose tests share nothing but session fixtures (cached on disk under a lock) and so
 # spread over both workers; a test there may still pin a group of its own (test_hub_path's export tests
 # share their recipe's run).
@@ -95,8 +95,9 @@ def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
     launches twice. Stop before any test runs instead, naming the versions."""
     if node.config.getoption("dist") != "loadgroup":
         return
-    untagged = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1].rsplit("::", 1)[-1]
-                and Path(nodeid.split("::", 1)[0]).name not in SPREAD]  # SPREAD's tests go one by one
+    # xdist's own rule for a group suffix (LoadGroupScheduling._split_scope); SPREAD's tests go one by one.
+    untagged = [nodeid for nodeid in ids if nodeid.rfind("@") <= nodeid.rfind("]")
+                and Path(nodeid.split("::", 1)[0]).name not in SPREAD]
     if untagged:
         from importlib.metadata import version
 
@@ -117,9 +118,7 @@ def _suite_store_kept():
     if os.environ.get("MLFLOW_TRACKING_URI") != before:
         import mlflow
 
-        mlflow.set_tracking_uri(before)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(before)  # sets the variable again, or unsets it for None
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import atexit
 import functools
 import logging
 import multiprocessing
-import multiprocessing.util
+import multiprocessing.util  # registers multiprocessing's exit handler before end_loader_workers
 import os
 import random
 import signal
@@ -224,7 +224,6 @@ def exit_with_rank(rank_pid: int, worker_id: int) -> None:
     threading.Thread(target=watch, name=f"rank-watch-{worker_id}", daemon=True).start()
 
 
-
 def end_loader_workers() -> None:
     """At the rank's exit, SIGKILL the loader workers still alive. multiprocessing's own exit handler ends a
     daemonic child with SIGTERM and then waits for it, and a worker ignores SIGTERM (``exit_with_rank``): a rank
@@ -237,6 +236,7 @@ def end_loader_workers() -> None:
 
 
 atexit.register(end_loader_workers)
+
 
 # Byte alignment of each tensor in the packed buffer: a view as int64 / float64 needs 8.
 PACK_ALIGN = 8
