@@ -8,9 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -43,13 +41,3 @@ def stop_server(proc: subprocess.Popen, crash: bool = False) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-@contextmanager
-def mlflow_server(port: int, store: Path) -> Iterator[str]:
-    store.mkdir(parents=True, exist_ok=True)
-    proc = start_server(port, store)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)

@@ -22,7 +22,7 @@ from mirage_ds.losses.registry import build_loss
 from mirage_ds.losses.simnpo import SimNPOLoss
 from mirage_ds.specs.losses import GradDiffConfig, SimNPOConfig
 from test_functional import LABELS, LOGITS, LOGP_0, LOGP_1
-from test_pinned_losses import assert_pinned, print_pinned
+from test_pinned_losses import PinnedRun, assert_pinned, print_pinned
 
 # -- GradDiff: -gamma * NLL(forget) + alpha * NLL(retain) -------------------------------------------------------
 # Forget: test_functional's sequence (answer log-probs LOGP_0, LOGP_1) and a second one whose only answer token
@@ -293,14 +293,14 @@ def test_presets_and_recipes() -> None:
 
 
 # -- the recipes' first three steps on one rank (tests/test_pinned_losses.py's method) ---------------------------
-# A run's name -> (recipe, its overrides). simnpo_full's preset beta 4.5 saturates on the untrained tiny model:
+# A run's name -> (recipe, its overrides, ranks). simnpo_full's preset beta 4.5 saturates on the untrained tiny model:
 # its per-token log-prob is about -6.4, so log sigmoid(4.5 * 6.4) is ~1e-13, below any tolerance, and a flipped
 # delta or a lost normalisation would pass. Beta 0.5 and delta 2 put the argument near 1.2, where both show.
 # graddiff_full_kl is the one run of the retain KL through the loop's reference (a second ZeRO-3 engine).
-RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "graddiff_full": ("graddiff_full", ()),
-    "graddiff_full_kl": ("graddiff_full", ("loss.retain_kl=true",)),
-    "simnpo_full": ("simnpo_full", ("loss.beta=0.5", "loss.delta=2.0")),
+RUNS: dict[str, PinnedRun] = {
+    "graddiff_full": ("graddiff_full", (), 1),
+    "graddiff_full_kl": ("graddiff_full", ("loss.retain_kl=true",), 1),
+    "simnpo_full": ("simnpo_full", ("loss.beta=0.5", "loss.delta=2.0"), 1),
 }
 PINNED: dict[str, dict[str, list[float]]] = {
     "graddiff_full": {
@@ -325,8 +325,7 @@ PINNED: dict[str, dict[str, list[float]]] = {
 @pytest.mark.distributed
 @pytest.mark.parametrize("run", sorted(PINNED))
 def test_baseline_recipe_losses_match_pinned(run: str, tmp_path: Path, synthetic_corpus) -> None:
-    recipe, overrides = RUNS[run]
-    assert_pinned(run, recipe, overrides, tmp_path / run, PINNED[run])
+    assert_pinned(run, RUNS[run], tmp_path / run, PINNED[run])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """MLflow end to end: a tiny sft_lora run, then `mirage-ds eval`, then `mirage-ds compare`, read back with real
-clients, against the default sqlite store and a real `mlflow server` on 127.0.0.1; a server outage mid-run;
+clients, against the default sqlite store and a real `mlflow server` on 127.0.0.1 (which goes down mid-run);
 which experiment compare shows and where it looked; and a store whose creation was killed."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from conftest import REPO, UNTRAINED
 from launch import DEEPSPEED, free_port
-from mlflow_server import mlflow_server, start_server, stop_server
+from mlflow_server import start_server, stop_server
 from mirage_ds.eval.comparison import NothingToCompare, compare
 from mirage_ds.tracking.mlflow_run import MlflowTracker, log_results
 
@@ -44,6 +44,10 @@ def _train_and_eval(run_dir: Path, env: dict[str, str], cwd: Path) -> None:
     """Started from ``cwd``, like `make run` from the repository root: the default store is ``cwd/runs``."""
     proc = subprocess.run(_train_cmd(run_dir, "max_steps=3"), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _eval(run_dir, env, cwd)
+
+
+def _eval(run_dir: Path, env: dict[str, str], cwd: Path) -> None:
     ev = subprocess.run([MIRAGE, "eval", "--run", str(run_dir), "--limit", "8", "--shots", "2", "--max-new-tokens", "4"],
                         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
@@ -54,17 +58,22 @@ def _train_and_eval(run_dir: Path, env: dict[str, str], cwd: Path) -> None:
     assert result["eval_set"]["data"].endswith("/eval") and result["eval_set"]["vlguard"] is None
 
 
-def _check_tracked(uri: str, run_dir: Path) -> str:
+def _check_tracked(uri: str, run_dir: Path, steps: int = 3) -> str:
+    """The run of ``run_dir`` (``steps`` steps, then `mirage-ds eval`) as MLflow's clients read it from ``uri``: each
+    step's metrics once, with metrics.jsonl's values; params, library versions, artifacts, eval's results."""
     saved = json.loads((run_dir / "mlflow_run.json").read_text())
     assert saved["tracking_uri"] == uri
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(saved["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["recipe"] == "sft_lora" and run.data.params["max_steps"] == "3"
+    assert run.data.params["recipe"] == "sft_lora" and run.data.params["max_steps"] == str(steps)
     assert run.data.params["model.lora.r"] == "8"
     for package in ("torch", "transformers", "deepspeed", "peft"):
         assert run.data.params[f"versions.{package}"] == metadata.version(package), package
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, steps + 1))
+    local = [json.loads(line)["train/loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m.value for m in history] == pytest.approx(local)
     for key in ("train/lr", "perf/tokens_per_s", "system/rss_gib", "eval/asr_before", "eval/asr_after", "eval/rr_before",
                 "eval/rr_after", "eval/utility"):
         assert key in run.data.metrics, key
@@ -93,30 +102,20 @@ def test_default_store_is_found_by_compare_with_no_flags(tmp_path: Path, synthet
 
 
 @pytest.mark.distributed
-def test_real_mlflow_server(tmp_path: Path, synthetic_corpus) -> None:
-    with mlflow_server(free_port(), tmp_path / "server") as uri:
-        run_dir = tmp_path / "runs" / "b"
-        _train_and_eval(run_dir, _env(uri), cwd=tmp_path)
-        name = _check_tracked(uri, run_dir)
-        cmp = subprocess.run([MIRAGE, "compare", "--experiment", "mirage-ds", "--tracking-uri", uri, "--out", str(tmp_path / "cmp")],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert cmp.returncode == 0, cmp.stderr[-2000:]
-        assert name in cmp.stdout and "ASR before" in cmp.stdout
-    assert not (tmp_path / "runs" / "mlflow.db").exists(), "with a server set, nothing goes to the default store"
-
-
-@pytest.mark.distributed
-def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -> None:
+def test_real_mlflow_server_through_an_outage_mid_run(tmp_path: Path, synthetic_corpus) -> None:
+    """A real `mlflow server` on 127.0.0.1, killed while a 2-rank run logs to it and started again: the run
+    says so once, finishes, and the server ends with every step once. `mirage-ds eval` then attaches its
+    results through the server, `compare --tracking-uri` reads them back, and nothing reaches the default store."""
     port, store = free_port(), tmp_path / "server"
     store.mkdir()
-    server = start_server(port, store)
     uri = f"http://127.0.0.1:{port}"
-    run_dir = tmp_path / "runs" / "c"
+    run_dir = tmp_path / "runs" / "b"
     steps = 60
-    cmd = _train_cmd(run_dir, f"max_steps={steps}", "tracking.retry_s=1")
-    train = subprocess.Popen(cmd, cwd=REPO, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
+    server = start_server(port, store)
     try:
+        train = subprocess.Popen(_train_cmd(run_dir, f"max_steps={steps}", "tracking.retry_s=1"), cwd=tmp_path,
+                                 env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        metrics = run_dir / "metrics.jsonl"
         while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
             assert train.poll() is None, train.stderr.read()[-3000:]
             time.sleep(0.05)
@@ -126,22 +125,19 @@ def test_server_outage_mid_run_loses_nothing(tmp_path: Path, synthetic_corpus) -
             time.sleep(0.05)
         server = start_server(port, store)  # ... and comes back (during the run, or before its final flush)
         _, stderr = train.communicate(timeout=600)
+        assert train.returncode == 0, stderr[-3000:]
+        assert down_at < steps
+        assert stderr.count("MLflow unreachable") == 1, stderr[-3000:]
+
+        _eval(run_dir, _env(uri), cwd=tmp_path)
+        name = _check_tracked(uri, run_dir, steps)
+        cmp = subprocess.run([MIRAGE, "compare", "--experiment", "mirage-ds", "--tracking-uri", uri, "--out", str(tmp_path / "cmp")],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert cmp.returncode == 0, cmp.stderr[-2000:]
+        assert name in cmp.stdout and "ASR before" in cmp.stdout
     finally:
         stop_server(server)
-    assert train.returncode == 0, stderr[-3000:]
-    assert down_at < steps
-    assert stderr.count("MLflow unreachable") == 1, stderr[-3000:]
-    server = start_server(port, store)
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
-        history = client.get_metric_history(run_id, "train/loss")
-        assert sorted(m.step for m in history) == list(range(1, steps + 1))
-        local = [json.loads(line)["train/loss"] for line in metrics.read_text().splitlines()]
-        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(local)
-        assert client.get_run(run_id).info.status == "FINISHED"
-    finally:
-        stop_server(server)
+    assert not (tmp_path / "runs" / "mlflow.db").exists(), "with a server set, nothing goes to the default store"
 
 
 def _replayed(step: int) -> dict[str, float]:
