@@ -41,7 +41,7 @@ Transform = Callable[[Record, bytes, str], dict[str, Any]]
 # 17 threads (gloo, the TCP store, tqdm's monitor; counted in /proc/self/task), and a child forked while one
 # of them holds a lock hangs on that lock for ever, with the DataLoader waiting on it and no error (a CI
 # run hung 600 s so, after a resume). The server preloads this module, so each worker forks with torch and
-# the decoders already imported (and the transform's modules: ``preload_in_loader_workers``).
+# the decoders already imported.
 LOADER_CONTEXT = multiprocessing.get_context("forkserver")
 LOADER_CONTEXT.set_forkserver_preload([__name__])
 # How often a loader worker checks that its rank is alive (``exit_with_rank``).
@@ -192,17 +192,6 @@ class Batches:
         if skipped:
             self.state.skipped += skipped
         return batch
-
-
-def preload_in_loader_workers(*modules: str) -> None:
-    """Import ``modules`` in the loaders' forkserver too, once per rank, so that every worker forks with them.
-
-    A worker otherwise imports them itself when it unpickles its stream's transform: transformers' image
-    processor module pulls in most of transformers, 3.6 s of CPU per worker here, and a rank runs one worker
-    per stream and per ``data.num_workers`` (a 2-rank NPO run of 3 steps: 61 instead of 69 CPU-seconds, mean
-    of 4 each). Takes effect only before the rank's first loader starts the server.
-    """
-    LOADER_CONTEXT.set_forkserver_preload([__name__, *modules])
 
 
 def exit_with_rank(rank_pid: int, worker_id: int) -> None:

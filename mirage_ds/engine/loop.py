@@ -28,7 +28,7 @@ from transformers import AutoConfig
 from mirage_ds.config import TrainConfig, flatten, save_config
 from mirage_ds.data.corpus import data_header, resolve_streams
 from mirage_ds.data.preprocess import Preprocessor
-from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded, preload_in_loader_workers
+from mirage_ds.data.streamer import Batches, ShardStream, StreamState, collate_padded
 from mirage_ds.data.template import Template
 from mirage_ds.engine.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from mirage_ds.engine.distributed import init_distributed, local_rank_zero_first, teardown_distributed, zero3_construction
@@ -135,7 +135,6 @@ def build_run(cfg: TrainConfig, rank: int, world: int) -> Run:
 
     template = Template(bundle.tokenizer, bundle.n_image_tokens, cfg.data.max_length, cfg.data.template)
     pre = Preprocessor(template, bundle.image_processor, cfg.data.pad_to_square, torch.float32)
-    preload_in_loader_workers(*(type(part).__module__ for part in (pre, bundle.tokenizer, bundle.image_processor)))
     streams = {
         name: Batches(ShardStream(
             path, transform=pre.train_example, collate=collate_padded(bundle.tokenizer.pad_token_id),
