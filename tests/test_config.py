@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pydantic import ValidationError
 
 from conftest import REPO, load_untrained
 from mirage_ds.config import RECIPES_DIR, ConfigError, list_recipes, load_config, save_config
-from mirage_ds.engine.ds_config import build_ds_config
+from mirage_ds.engine.ds_config import ONE_RANK_KEPT_ELEMENTS, build_ds_config
 from mirage_ds.engine.preflight import check_against_model
 from mirage_ds.losses.registry import REGISTRY
 from mirage_ds.specs.losses import LOSS_CONFIGS, NPOConfig, RMUConfig
@@ -80,6 +81,26 @@ def test_batch_size_consistency_checked(tmp_path: Path) -> None:
         build_ds_config(cfg, world_size=2, hidden_size=64)
     ok = build_ds_config(load_config("sft_full", ["micro_batch_size=2", "grad_accum=3"]), world_size=2, hidden_size=64)
     assert ok["train_batch_size"] == 12
+
+
+def test_one_rank_keeps_its_parameters_gathered_where_the_json_leaves_it_to_us(tmp_path: Path) -> None:
+    """One ZeRO-3 rank keeps every parameter gathered up to the budget (its partition is the whole tensor);
+    more ranks, offloaded parameters and a threshold the JSON names keep the HF rule or the JSON's number."""
+    def zero(cfg, world: int) -> dict:
+        return build_ds_config(cfg, world_size=world, hidden_size=64)["zero_optimization"]
+
+    one, two = zero(load_config("sft_full"), 1), zero(load_config("sft_full"), 2)
+    assert one["stage3_param_persistence_threshold"] == one["stage3_model_persistence_threshold"] == ONE_RANK_KEPT_ELEMENTS
+    assert one["stage3_max_reuse_distance"] == 0
+    for many in (two, zero(load_config("sft_full", ["deepspeed=zero3_offload.json"]), 1)):
+        assert many["stage3_param_persistence_threshold"] == 640 and "stage3_model_persistence_threshold" not in many
+        assert many["stage3_max_reuse_distance"] == 1e9
+    named = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    named["zero_optimization"].update(stage3_param_persistence_threshold=1000, stage3_max_reuse_distance=5e8)
+    (tmp_path / "named.json").write_text(json.dumps(named))
+    mine = zero(load_config("sft_full", [f"deepspeed={tmp_path / 'named.json'}"]), 1)
+    assert (mine["stage3_param_persistence_threshold"], mine["stage3_max_reuse_distance"]) == (1000, 5e8)
+    assert "stage3_param_persistence_threshold" not in zero(load_config("sft_full", ["deepspeed=zero2.json"]), 1)
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:

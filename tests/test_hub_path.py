@@ -34,10 +34,10 @@ FP32 = ["mixed_sft_full", "mixed_sft_lora"]
 # What the stand-in runs add to the paper-scale overrides (the inputs are the data, path and step count): the
 # VLGuard shards hold placeholder images, which --paper-scale refuses unless allowed.
 STANDIN = ["micro_batch_size=1", "data.allow_placeholder_images=true"]
-# The runs that take a second step (the module docstring says why); on the stand-in's 16 layers a LoRA step after
-# the first costs 20 to 45 s here (profiled: with ds_configs' stage3_max_reuse_distance of 1e9, ZeRO-3 scans the
-# rest of its trace at every module release, and the stand-in's tensors are too small to end the scan), so the
-# rest take one.
+# The runs that take a second step (the module docstring says why); on the stand-in's 16 layers a 2-rank LoRA step
+# after the first costs 20 to 45 s here (profiled: with a stage3_max_reuse_distance of 1e9, ZeRO-3 scans the rest
+# of its trace at every module release, and the stand-in's tensors are too small to end the scan; one rank skips
+# the scan, engine/ds_config.py keep_one_rank_parameters), so the rest take one.
 TWO_STEPS = {"npo_full", "npo_lora", "unsafe_filter_lora"}
 # Under xdist the export tests run on the worker that trained npo_full and npo_lora (tests/conftest.py).
 SHARED_RUNS = pytest.mark.xdist_group("hub-npo")

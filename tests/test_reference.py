@@ -66,8 +66,12 @@ def test_adapters_off_reference_equals_separately_loaded_base(recipe: str, one_r
         for name, p in bundle.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    # The recipe's own DeepSpeed config (ZeRO-3): even on one rank the forwards go through its gather hooks.
-    ds_config = build_ds_config(cfg, 1, bundle.model.config.text_config.hidden_size)
+    # The recipe's own DeepSpeed config (ZeRO-3) with the persistence threshold of many ranks, not one rank's
+    # keep-everything (ds_config.keep_one_rank_parameters): the forwards go through ZeRO-3's gather hooks.
+    hidden = bundle.model.config.text_config.hidden_size
+    ds_config = build_ds_config(cfg, 1, hidden)
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 10 * hidden
+    del ds_config["zero_optimization"]["stage3_model_persistence_threshold"]
     engine, *_ = deepspeed.initialize(model=bundle.model, config=ds_config)
     engine.eval()
     reference = build_reference(cfg, engine, ds_config, needs)
