@@ -110,7 +110,7 @@ def test_real_mlflow_server_through_an_outage_mid_run(tmp_path: Path, synthetic_
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
     run_dir = tmp_path / "runs" / "b"
-    steps = 60
+    steps = 30  # the server goes down after step 5 and restarts 10 steps later: 15 are left to log through it
     server = start_server(port, store)
     try:
         train = subprocess.Popen(_train_cmd(run_dir, f"max_steps={steps}", "tracking.retry_s=1"), cwd=tmp_path,
