@@ -83,7 +83,7 @@ def keep_one_rank_parameters(raw: dict[str, Any], ds: dict[str, Any]) -> None:
     bounds the second copy a kept parameter costs beside its partition. Not under ``offload_param``: kept
     parameters stay on the device, which is what offloading gives up."""
     zero = raw.get("zero_optimization", {})
-    if zero.get("stage") != 3 or "offload_param" in zero:
+    if zero_stage(ds) != 3 or "offload_param" in zero:
         return
     if zero.get("stage3_param_persistence_threshold") == "auto":
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = ONE_RANK_KEPT_ELEMENTS
